@@ -1,0 +1,42 @@
+# `make demo` and `make test` work as the first command on a fresh machine: both install first.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# torch/torchvision pinned to the pair this environment serves from local disk; on another
+# machine set TORCH_SPEC (e.g. TORCH_SPEC="torch torchvision") for your CUDA build.
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+export NO_ALBUMENTATIONS_UPDATE := 1
+
+.PHONY: install demo test test-fast lint format ui clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet $(TORCH_SPEC)
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+demo: install  ## train on built-in synthetic faces, logged to ./mlflow.db
+	$(BIN)/python -m fer_lab.train experiment=demo
+
+test: install  ## the whole suite (CPU, no network, no outside files)
+	$(BIN)/python -m pytest
+
+test-fast: install  ## everything but the tests marked slow
+	$(BIN)/python -m pytest -m "not slow"
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+ui: install  ## MLflow UI on the local store at http://127.0.0.1:5000
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --workers 1 --host 127.0.0.1 --port 5000
+
+clean:
+	rm -rf logs mlruns .pytest_cache .ruff_cache build dist *.egg-info

@@ -1,0 +1,159 @@
+"""The LightningModule: loss, metrics and optimiser wiring around any `FERNet`."""
+
+from collections.abc import Callable
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from torch import nn
+from torchmetrics import MaxMetric, MeanMetric, MetricCollection
+from torchmetrics.classification import (
+    MulticlassAccuracy,
+    MulticlassConfusionMatrix,
+    MulticlassF1Score,
+    MulticlassPrecision,
+    MulticlassRecall,
+)
+
+from fer_lab.models import FERNet
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+SPLITS = ("train", "val", "test")
+
+
+class FERLitModule(pl.LightningModule):
+    """Trains a network on faces; logs `train/*`, `val/*` (with `val/acc_best`) and `test/*`.
+
+    The confusion matrix of the best validation epoch is kept in `best_val_confusion` and that
+    of the test run in `test_confusion`, for the artifact callback to write out.
+    """
+
+    def __init__(
+        self,
+        net: FERNet,
+        loss: nn.Module,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        scheduler: dict[str, Any] | None,
+        class_names: list[str],
+        config: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.net = net
+        self.loss_fn = loss
+        self.optimizer_factory = optimizer
+        self.scheduler = scheduler
+        self.class_names = list(class_names)
+        self.config = config
+        n = len(class_names)
+
+        def summary() -> MetricCollection:
+            return MetricCollection(
+                {
+                    "acc": MulticlassAccuracy(n, average="micro"),
+                    "f1_macro": MulticlassF1Score(n, average="macro"),
+                }
+            )
+
+        self.train_metrics = MetricCollection({"acc": MulticlassAccuracy(n, average="micro")})
+        self.val_metrics = summary()
+        self.test_metrics = summary()
+        self.test_per_class = MetricCollection(
+            {
+                "precision": MulticlassPrecision(n, average=None),
+                "recall": MulticlassRecall(n, average=None),
+                "f1": MulticlassF1Score(n, average=None),
+            }
+        )
+        self.mean_loss = nn.ModuleDict(
+            {f"{s}_loss": MeanMetric() for s in ("train", "val", "test")}
+        )
+        self.val_confusion = MulticlassConfusionMatrix(n)
+        self.test_confusion_metric = MulticlassConfusionMatrix(n)
+        self.val_acc_best = MaxMetric()
+        self.best_val_confusion: torch.Tensor | None = None
+        self.test_confusion: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def _step(self, batch: Batch, split: str) -> tuple[torch.Tensor, ...]:
+        images, labels = batch
+        logits = self(images)
+        loss = self.loss_fn(logits, labels) + self.net.regularization_loss()
+        self.mean_loss[f"{split}_loss"].update(loss.detach(), weight=len(labels))
+        self.log(
+            f"{split}/loss",
+            self.mean_loss[f"{split}_loss"],
+            on_step=False,
+            on_epoch=True,
+            prog_bar=True,
+        )
+        return loss, logits.detach(), labels
+
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        loss, logits, labels = self._step(batch, "train")
+        self.train_metrics.update(logits, labels)
+        self.log(
+            "train/acc", self.train_metrics["acc"], on_step=False, on_epoch=True, prog_bar=True
+        )
+        return loss
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        _, logits, labels = self._step(batch, "val")
+        self.val_metrics.update(logits, labels)
+        self.val_confusion.update(logits, labels)
+
+    def on_validation_epoch_end(self) -> None:
+        metrics = self.val_metrics.compute()
+        self.val_metrics.reset()
+        confusion = self.val_confusion.compute()
+        self.val_confusion.reset()
+        self.log_dict({f"val/{k}": v for k, v in metrics.items()}, prog_bar=True)
+        if self.trainer.sanity_checking:  # its few batches must not count as an epoch
+            return
+        previous_best = self.val_acc_best.compute() if self.val_acc_best.update_called else None
+        self.val_acc_best.update(metrics["acc"])
+        if previous_best is None or metrics["acc"] > previous_best:
+            self.best_val_confusion = confusion.cpu()
+        self.log("val/acc_best", self.val_acc_best.compute(), prog_bar=True)
+
+    def test_step(self, batch: Batch, batch_idx: int) -> None:
+        _, logits, labels = self._step(batch, "test")
+        self.test_metrics.update(logits, labels)
+        self.test_per_class.update(logits, labels)
+        self.test_confusion_metric.update(logits, labels)
+
+    def on_test_epoch_end(self) -> None:
+        self.log_dict({f"test/{k}": v for k, v in self.test_metrics.compute().items()})
+        for metric, values in self.test_per_class.compute().items():
+            for name, value in zip(self.class_names, values, strict=True):
+                self.log(f"test/{metric}/{name}", value)
+        self.test_confusion = self.test_confusion_metric.compute().cpu()
+        for metrics in (self.test_metrics, self.test_per_class, self.test_confusion_metric):
+            metrics.reset()
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        trainable = [p for p in self.parameters() if p.requires_grad]
+        optimizer = self.optimizer_factory(params=trainable)
+        if not self.scheduler or self.scheduler.get("scheduler") is None:
+            return {"optimizer": optimizer}
+        interval = self.scheduler.get("interval", "epoch")
+        # Step-wise schedules (one-cycle) need the run's length, known only to the trainer.
+        extra = (
+            {"total_steps": int(self.trainer.estimated_stepping_batches)}
+            if interval == "step"
+            else {}
+        )
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {
+                "scheduler": self.scheduler["scheduler"](optimizer=optimizer, **extra),
+                "interval": interval,
+                "monitor": self.scheduler.get("monitor", "val/loss"),
+            },
+        }
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # The resolved config travels with the weights, so a checkpoint can be rebuilt alone.
+        checkpoint["fer_lab_config"] = self.config
+        checkpoint["fer_lab_classes"] = self.class_names

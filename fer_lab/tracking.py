@@ -1,0 +1,170 @@
+"""MLflow glue: run names and tags, the logged config, and confusion-matrix artifacts."""
+
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytorch_lightning as pl
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from matplotlib.figure import Figure
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.loggers import Logger, MLFlowLogger
+from torch import nn
+
+import fer_lab
+from fer_lab.models import count_parameters
+from fer_lab.module import FERLitModule
+
+
+def git_commit() -> str:
+    """The commit of the fer_lab checkout that runs, or 'unknown' outside a git checkout."""
+    try:
+        result = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(fer_lab.__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    return result.stdout.strip() if result.returncode == 0 else "unknown"
+
+
+def build_logger(cfg: DictConfig) -> Logger:
+    """The configured logger; an MLflow run also gets a readable name and searchable tags."""
+    logger = instantiate(cfg.logger)
+    if isinstance(logger, MLFlowLogger):
+        name, tags = run_identity(cfg)
+        client = logger.experiment
+        for key, value in tags.items():
+            client.set_tag(logger.run_id, key, value)
+        if not cfg.logger.get("run_name"):
+            client.set_tag(logger.run_id, "mlflow.runName", name)
+    return logger
+
+
+def run_identity(cfg: DictConfig) -> tuple[str, dict[str, str]]:
+    """Run name (model plus the command-line overrides) and tags for MLflow."""
+    hydra_cfg = HydraConfig.get()
+    choices = hydra_cfg.runtime.choices
+    overrides = [o for o in hydra_cfg.overrides.task if not o.startswith("model=")]
+    name = choices.get("model", "model")
+    if overrides:
+        name = f"{name} {' '.join(overrides)}"
+    tags = {
+        "dataset": str(choices.get("dataset")),
+        "model": str(choices.get("model")),
+        "git_commit": git_commit(),
+        "fer_lab_version": fer_lab.__version__,
+        "hydra_overrides": " ".join(hydra_cfg.overrides.task) or "(none)",
+        "output_dir": hydra_cfg.runtime.output_dir,
+    }
+    if cfg.get("experiment_tag"):
+        tags["experiment"] = str(cfg.experiment_tag)
+    return name[:250], tags
+
+
+def flatten_config(cfg: DictConfig) -> dict[str, Any]:
+    """The resolved config as `a/b/c: value`, skipping nodes that only repeat another node."""
+    flat: dict[str, Any] = {}
+
+    def walk(node: DictConfig, prefix: str) -> None:
+        for key in node:
+            path = f"{prefix}{key}"
+            if OmegaConf.is_interpolation(node, key) and OmegaConf.is_config(node[key]):
+                continue
+            value = node[key]
+            if isinstance(value, DictConfig):
+                walk(value, f"{path}/")
+            else:
+                is_list = OmegaConf.is_config(value)
+                flat[path] = str(OmegaConf.to_container(value, resolve=True)) if is_list else value
+
+    walk(cfg, "")
+    return flat
+
+
+def log_run_config(logger: Logger, cfg: DictConfig, net: nn.Module) -> None:
+    """Params: the flattened config and exact parameter counts; artifact: the config YAML."""
+    total, trainable = count_parameters(net)
+    logger.log_hyperparams(
+        {**flatten_config(cfg), "model/params_total": total, "model/params_trainable": trainable}
+    )
+    if isinstance(logger, MLFlowLogger):
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "config.yaml"
+            path.write_text(OmegaConf.to_yaml(cfg, resolve=True))
+            logger.experiment.log_artifact(logger.run_id, str(path))
+
+
+def write_confusion_matrix(
+    matrix: np.ndarray, class_names: list[str], stem: Path, title: str
+) -> list[Path]:
+    """`<stem>.csv` (rows true, columns predicted) and `<stem>.png` with counts in the cells."""
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    frame = pd.DataFrame(matrix, index=class_names, columns=class_names)
+    frame.index.name = "true\\predicted"
+    csv_path = stem.with_suffix(".csv")
+    frame.to_csv(csv_path)
+
+    size = max(5.0, 0.75 * len(class_names) + 2)
+    figure = Figure(figsize=(size, size * 0.85))
+    axes = figure.subplots()
+    axes.imshow(matrix, cmap="Blues")
+    ticks = np.arange(len(class_names))
+    axes.set_xticks(ticks, class_names, rotation=45, ha="right")
+    axes.set_yticks(ticks, class_names)
+    axes.set_xlabel("predicted")
+    axes.set_ylabel("true")
+    accuracy = np.trace(matrix) / max(matrix.sum(), 1)
+    axes.set_title(f"{title}\nn={matrix.sum()}, accuracy={accuracy:.3f}")
+    threshold = matrix.max() / 2 if matrix.size else 0
+    for (row, col), count in np.ndenumerate(matrix):
+        colour = "white" if count > threshold else "black"
+        axes.text(col, row, str(count), ha="center", va="center", color=colour)
+    figure.tight_layout()
+    png_path = stem.with_suffix(".png")
+    figure.savefig(png_path, dpi=120)
+    return [csv_path, png_path]
+
+
+class RunArtifacts(pl.Callback):
+    """Writes confusion matrices (best validation epoch, test) and uploads them with the best
+    checkpoint to MLflow; with other loggers the files stay in `output_dir`."""
+
+    def __init__(self, output_dir: str) -> None:
+        self.output_dir = Path(output_dir) / "artifacts"
+
+    def _upload(self, trainer: pl.Trainer, paths: list[Path], artifact_path: str) -> None:
+        for logger in trainer.loggers:
+            if isinstance(logger, MLFlowLogger):
+                for path in paths:
+                    logger.experiment.log_artifact(logger.run_id, str(path), artifact_path)
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: FERLitModule) -> None:
+        if pl_module.best_val_confusion is not None:
+            paths = write_confusion_matrix(
+                pl_module.best_val_confusion.numpy(),
+                pl_module.class_names,
+                self.output_dir / "confusion_matrix_val_best",
+                "validation, best epoch",
+            )
+            self._upload(trainer, paths, "confusion_matrices")
+        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        if best:
+            self._upload(trainer, [Path(best)], "checkpoints")
+
+    def on_test_end(self, trainer: pl.Trainer, pl_module: FERLitModule) -> None:
+        if pl_module.test_confusion is not None:
+            paths = write_confusion_matrix(
+                pl_module.test_confusion.numpy(),
+                pl_module.class_names,
+                self.output_dir / "confusion_matrix_test",
+                "test",
+            )
+            self._upload(trainer, paths, "confusion_matrices")

@@ -1,0 +1,41 @@
+"""Losses: seed 002's class weights, seed 003's MSE on softmax, label smoothing."""
+
+import pytest
+import torch
+
+from fer_lab.losses import CrossEntropyLoss, MSEOneHotLoss, capped_inverse_frequency
+
+
+def test_seed002_class_weights_are_capped_inverse_frequencies() -> None:
+    # Seed 002's class counts (anger, contempt, ..., surprise in alphabetical order).
+    weights = capped_inverse_frequency([252, 9, 208, 21, 5697, 6868, 268, 368], cap=3.0)
+    assert weights[5] == 1.0
+    assert weights[4] == pytest.approx(6868 / 5697)
+    assert weights[[0, 1, 2, 3, 6, 7]].tolist() == [3.0] * 6
+
+
+def test_absent_class_gets_the_cap_instead_of_infinity() -> None:
+    assert capped_inverse_frequency([10, 0], cap=3.0).tolist() == [1.0, 3.0]
+
+
+def test_weighted_cross_entropy_differs_from_plain() -> None:
+    logits, target = torch.randn(16, 3), torch.tensor([0] * 14 + [1, 2])
+    plain = CrossEntropyLoss([14, 1, 1])(logits, target)
+    weighted = CrossEntropyLoss([14, 1, 1], max_class_weight=3.0)(logits, target)
+    assert plain == pytest.approx(torch.nn.functional.cross_entropy(logits, target).item())
+    assert weighted != pytest.approx(plain.item())
+
+
+def test_mse_onehot_is_mse_between_softmax_and_onehot() -> None:
+    logits, target = torch.randn(5, 7), torch.tensor([0, 1, 2, 3, 6])
+    expected = torch.nn.functional.mse_loss(
+        logits.softmax(1), torch.nn.functional.one_hot(target, 7).float()
+    )
+    assert MSEOneHotLoss([1] * 7)(logits, target).item() == pytest.approx(expected.item())
+
+
+def test_label_smoothing_is_applied() -> None:
+    logits, target = torch.randn(4, 3), torch.tensor([0, 1, 2, 0])
+    smooth = CrossEntropyLoss([2, 1, 1], label_smoothing=0.1)(logits, target)
+    expected = torch.nn.functional.cross_entropy(logits, target, label_smoothing=0.1)
+    assert smooth.item() == pytest.approx(expected.item())

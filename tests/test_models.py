@@ -1,0 +1,107 @@
+"""Every model config builds, runs on its input size and matches the seeds' parameter counts."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+
+from fer_lab.models import CNTKNet, count_parameters
+from fer_lab.models.layers import SamePool2d
+
+from .helpers import compose_config
+
+MODELS = sorted(p.stem for p in (Path(__file__).parents[1] / "conf" / "model").glob("*.yaml"))
+
+# Reference counts from the seeds (000 for 2 classes, 002 for 8 classes).
+SEED_COUNTS = {
+    ("dachapally", "fer2013_happy_sad"): (5_935_330, 5_935_330),
+    ("dachapally_wide", "fer2013_happy_sad"): (37_917_906, 37_917_906),
+    ("vgg16_transfer", "image_folder_csv"): (40_414_024, 32_778_760),
+}
+
+
+def build(model: str, dataset: str = "synthetic", *overrides: str) -> torch.nn.Module:
+    extra = ["model.pretrained=false"] if model == "vgg16_transfer" else []
+    cfg = compose_config(f"model={model}", f"dataset={dataset}", *extra, *overrides)
+    return instantiate(cfg.model), cfg
+
+
+def test_every_seed_architecture_has_a_config() -> None:
+    expected = {"cntk_simple", "dachapally", "dachapally_wide", "tf_emotion_cnn", "nouri"}
+    expected |= {"vgg16_transfer"} | {f"convnet{i}" for i in range(6)}
+    assert expected <= set(MODELS)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_model_forward_gives_one_score_per_class(name: str) -> None:
+    net, cfg = build(name)
+    net.eval()
+    images = torch.rand(2, cfg.model.in_channels, cfg.model.input_size, cfg.model.input_size)
+    with torch.no_grad():
+        out = net(images)
+    assert out.shape == (2, len(cfg.dataset.classes)) == (2, 7)
+    assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize(("name", "dataset"), list(SEED_COUNTS))
+def test_parameter_counts_match_the_seeds(name: str, dataset: str) -> None:
+    net, _ = build(name, dataset)
+    assert count_parameters(net) == SEED_COUNTS[(name, dataset)]
+
+
+def test_num_classes_follows_the_dataset() -> None:
+    net, _ = build("convnet5", "fer2013_happy_sad", "dataset.path=/nowhere")
+    assert net.fc2[0].out_features == 2
+
+
+@pytest.mark.parametrize("name", [m for m in MODELS if m not in ("convnet0", "cntk_simple")])
+def test_dropout_is_exposed_for_sweeps(name: str) -> None:
+    net, _ = build(name, "synthetic", "model.dropout=0.25")
+    rates = {m.p for m in net.modules() if isinstance(m, torch.nn.Dropout | torch.nn.Dropout2d)}
+    assert rates == {0.25}
+
+
+def test_vgg16_freezes_all_but_the_last_block() -> None:
+    net, _ = build("vgg16_transfer", "image_folder_csv")
+    convs = [m for m in net.features if isinstance(m, torch.nn.Conv2d)]
+    assert [c.weight.requires_grad for c in convs] == [False] * 10 + [True] * 3
+
+
+def test_vgg16_local_weights_file_is_loaded(tmp_path: Path) -> None:
+    from torchvision.models import vgg16
+
+    reference = vgg16(weights=None)
+    path = tmp_path / "vgg16.pth"
+    torch.save(reference.state_dict(), path)
+    net, _ = build("vgg16_transfer", "image_folder_csv", f"model.weights_path={path}")
+    assert torch.equal(net.features[0].weight, reference.features[0].weight)
+
+
+def test_vgg16_missing_weights_file_says_what_to_do() -> None:
+    with pytest.raises(InstantiationException, match=r"set model\.pretrained=false"):
+        build("vgg16_transfer", "image_folder_csv", "model.weights_path=/no/such/file.pth")
+
+
+def test_tf_emotion_l2_covers_conv_weights_and_biases_only() -> None:
+    net, _ = build("tf_emotion_cnn")
+    with torch.no_grad():
+        for p in net.parameters():
+            p.fill_(1.0)
+    conv_values = sum(p.numel() for p in (*net.conv1.parameters(), *net.conv2.parameters()))
+    assert net.regularization_loss().item() == pytest.approx(0.01 * 0.5 * conv_values)
+
+
+def test_same_pooling_keeps_size_and_ignores_padding() -> None:
+    x = torch.arange(16.0).reshape(1, 1, 4, 4)
+    avg = SamePool2d("avg")(x)
+    assert avg.shape == x.shape
+    assert avg[0, 0, 0, 0] == (0 + 1 + 4 + 5) / 4
+    assert avg[0, 0, 3, 3] == 15  # only the real corner value, not diluted by padding
+    assert SamePool2d("max")(-x)[0, 0, 3, 3] == -15
+
+
+def test_cntk_simple_strided_layer_halves_the_map() -> None:
+    net = CNTKNet(2, [8, 16, 16], [5, 5, 5], [1, 1, 2], ["avg", "avg", "avg"])
+    assert net.classifier[-1].in_features == 16 * 24 * 24

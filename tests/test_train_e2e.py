@@ -1,0 +1,177 @@
+"""`python -m fer_lab.train` end to end on synthetic faces, read back from the MLflow store."""
+
+import csv
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from .helpers import REPO_ROOT, run_train
+
+pytestmark = pytest.mark.slow
+
+SMALL = [
+    "dataset=synthetic",
+    "dataset.train_per_class=40",
+    "dataset.val_per_class=10",
+    "dataset.test_per_class=10",
+    "data.batch_size=32",
+    "data.num_workers=0",
+]
+
+
+def artifact_paths(client, run_id: str, path: str = "") -> set[str]:
+    found = set()
+    for item in client.list_artifacts(run_id, path):
+        found |= artifact_paths(client, run_id, item.path) if item.is_dir else {item.path}
+    return found
+
+
+def test_training_run_is_tracked_in_mlflow(tmp_path: Path, mlflow_client) -> None:
+    run_train(tmp_path, "model=tf_emotion_cnn", "trainer.max_epochs=2", *SMALL)
+    client = mlflow_client()
+    experiment = client.get_experiment_by_name("synthetic")
+    (run,) = client.search_runs([experiment.experiment_id])
+    assert run.info.status == "FINISHED"
+    assert run.info.run_name.startswith("tf_emotion_cnn trainer.max_epochs=2")
+    assert run.data.tags["model"] == "tf_emotion_cnn"
+    assert run.data.tags["dataset"] == "synthetic"
+    assert "trainer.max_epochs=2" in run.data.tags["hydra_overrides"]
+
+    params = run.data.params
+    assert params["model/params_total"] == params["model/params_trainable"] == "2380679"
+    assert params["optimizer/lr"] == "0.001"
+    assert params["model/num_classes"] == "7"
+
+    metrics = run.data.metrics
+    for name in ("train/loss", "train/acc", "val/loss", "val/acc", "val/acc_best", "val/f1_macro"):
+        history = client.get_metric_history(run.info.run_id, name)
+        assert len(history) == 2, name
+    for name in ("test/loss", "test/acc", "test/f1_macro", "test/f1/happy", "test/recall/sad"):
+        assert name in metrics
+    best = max(m.value for m in client.get_metric_history(run.info.run_id, "val/acc"))
+    assert metrics["val/acc_best"] == pytest.approx(best)
+
+    artifacts = artifact_paths(client, run.info.run_id)
+    for split in ("val_best", "test"):
+        assert f"confusion_matrices/confusion_matrix_{split}.png" in artifacts
+        assert f"confusion_matrices/confusion_matrix_{split}.csv" in artifacts
+    assert "config.yaml" in artifacts
+    assert any(a.startswith("checkpoints/") and a.endswith(".ckpt") for a in artifacts)
+
+    local = Path(client.download_artifacts(run.info.run_id, "confusion_matrices", str(tmp_path)))
+    with open(local / "confusion_matrix_test.csv") as f:
+        rows = list(csv.reader(f))
+    assert rows[0][1:] == ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]
+    counts = [[int(v) for v in row[1:]] for row in rows[1:]]
+    assert sum(map(sum, counts)) == 70
+    assert [sum(r) for r in counts] == [10] * 7
+    diagonal = sum(counts[i][i] for i in range(7))
+    assert diagonal / 70 == pytest.approx(metrics["test/acc"], abs=1e-6)
+
+
+def test_short_run_learns_the_synthetic_faces(tmp_path: Path) -> None:
+    run_train(
+        tmp_path,
+        "model=nouri",
+        "dataset=synthetic",
+        "dataset.train_per_class=200",
+        "dataset.val_per_class=30",
+        "dataset.test_per_class=10",
+        "data.num_workers=0",
+        "data.batch_size=32",
+        "trainer.max_epochs=5",
+        "test=false",
+        "logger=csv",
+    )
+    metrics = next(tmp_path.glob("logs/train/runs/*/csv/version_0/metrics.csv"))
+    with open(metrics) as f:
+        best = max(float(row["val/acc_best"]) for row in csv.DictReader(f) if row["val/acc_best"])
+    assert best > 0.45, f"val/acc_best={best:.3f}; chance is 1/7"
+
+
+def test_multirun_logs_one_run_per_model(tmp_path: Path, mlflow_client) -> None:
+    run_train(tmp_path, "model=convnet0,cntk_simple", "trainer=debug", *SMALL, multirun=True)
+    client = mlflow_client()
+    runs = client.search_runs([client.get_experiment_by_name("synthetic").experiment_id])
+    assert sorted(r.data.tags["model"] for r in runs) == ["cntk_simple", "convnet0"]
+    assert all(r.info.status == "FINISHED" for r in runs)
+
+
+def test_csv_logger_keeps_metrics_and_confusion_matrices_locally(tmp_path: Path) -> None:
+    run_train(tmp_path, "model=convnet0", "trainer=debug", "logger=csv", *SMALL)
+    (output,) = tmp_path.glob("logs/train/runs/*")
+    assert (output / "artifacts" / "confusion_matrix_test.csv").is_file()
+    assert (output / "artifacts" / "confusion_matrix_val_best.png").is_file()
+    with open(next(output.glob("csv/version_0/metrics.csv"))) as f:
+        assert "val/acc_best" in next(csv.reader(f))
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_bad_data_path_exits_2_with_a_message(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "fer_lab.train", f"dataset.path={tmp_path}/missing.csv"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert "kaggle competitions download" in result.stdout + result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_wheel_ships_the_configs_and_trains_outside_the_repo(tmp_path: Path) -> None:
+    build = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            str(tmp_path / "dist"),
+            str(REPO_ROOT),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert build.returncode == 0, build.stderr[-3000:]
+    (wheel,) = (tmp_path / "dist").glob("fer_lab-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "fer_lab/conf/train.yaml" in names
+    assert "fer_lab/conf/model/dachapally.yaml" in names
+    site = tmp_path / "site"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "--target", str(site), str(wheel)],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    workdir = tmp_path / "elsewhere"
+    workdir.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    where = subprocess.run(
+        [sys.executable, "-c", "import fer_lab; print(fer_lab.__file__)"],
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert where.stdout.startswith(str(site))
+    run = subprocess.run(
+        [sys.executable, "-m", "fer_lab.train", "trainer=debug", "logger=csv", *SMALL],
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert list(workdir.glob("logs/train/runs/*/checkpoints/last.ckpt"))
