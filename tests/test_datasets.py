@@ -5,6 +5,7 @@ import tarfile
 import zipfile
 from pathlib import Path
 
+import albumentations as A
 import numpy as np
 import pytest
 from hydra.utils import instantiate
@@ -12,6 +13,7 @@ from hydra.utils import instantiate
 from fer_lab.data.download import extract_fer2013_csv
 from fer_lab.data.fer2013 import FER2013_CLASSES, FER2013CSV, FER2013Folder
 from fer_lab.data.image_csv import ImageFolderCSV
+from fer_lab.data.transforms import build_transforms
 from fer_lab.errors import DataError
 
 from .helpers import REAL_FER2013, compose_config, write_fer2013_csv
@@ -168,3 +170,13 @@ def test_download_extracts_fer2013_csv_from_the_competition_bundle(tmp_path: Pat
         archive.writestr("example_submission.csv", "id\n")
         archive.writestr("fer2013.tar.gz", tar_bytes.getvalue())
     assert extract_fer2013_csv(bundle, tmp_path).read_bytes() == payload
+
+
+def test_augmentation_reaches_training_only() -> None:
+    image = np.zeros((48, 48, 1), dtype=np.uint8)
+    image[:, :10] = 255
+    flip = A.HorizontalFlip(p=1.0)
+    train, evaluation = build_transforms(48, [flip], A.ToFloat(max_value=255))
+    assert train(image=image)["image"][0, 0, -1] == 1.0
+    assert evaluation(image=image)["image"][0, 0, 0] == 1.0
+    assert evaluation(image=image)["image"].shape == (1, 48, 48)

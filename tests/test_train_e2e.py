@@ -175,3 +175,18 @@ def test_wheel_ships_the_configs_and_trains_outside_the_repo(tmp_path: Path) -> 
     )
     assert run.returncode == 0, run.stderr[-3000:]
     assert list(workdir.glob("logs/train/runs/*/checkpoints/last.ckpt"))
+
+
+def test_every_optimizer_scheduler_augmentation_preprocess_and_loss_runs(tmp_path: Path) -> None:
+    grids = [
+        ("optimizer=adamw,sgd", "scheduler=cosine,plateau,onecycle"),
+        ("augmentation=keras_seed002,strong", "preprocess=minmax,standardize"),
+        ("loss=cross_entropy_weighted,mse_onehot", "loss.label_smoothing=0.1"),
+    ]
+    for grid in grids:
+        result = run_train(
+            tmp_path, "model=convnet0", "trainer=debug", "logger=csv", *SMALL, *grid, multirun=True
+        )
+        assert "Traceback" not in result.stderr
+    jobs = list(tmp_path.glob("logs/train/multiruns/*/*/csv/version_0/metrics.csv"))
+    assert len(jobs) == 6 + 4 + 2

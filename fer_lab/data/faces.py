@@ -93,4 +93,5 @@ class FaceDataset(Dataset):
             image = read_image(source, self.channels)
         else:
             image = to_channels(source, self.channels)
-        return self.transform(image=image)["image"], int(self.faces.labels[index])
+        # Some albumentations normalisations (min_max) return float64; models take float32.
+        return self.transform(image=image)["image"].float(), int(self.faces.labels[index])
