@@ -1,7 +1,6 @@
 """MLflow glue: run names and tags, the logged config, and confusion-matrix artifacts."""
 
 import subprocess
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -9,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytorch_lightning as pl
 from hydra.core.hydra_config import HydraConfig
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from matplotlib.figure import Figure
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import Logger, MLFlowLogger
@@ -37,15 +36,10 @@ def git_commit() -> str:
 
 def build_logger(cfg: DictConfig) -> Logger:
     """The configured logger; an MLflow run also gets a readable name and searchable tags."""
-    logger = instantiate(cfg.logger)
-    if isinstance(logger, MLFlowLogger):
-        name, tags = run_identity(cfg)
-        client = logger.experiment
-        for key, value in tags.items():
-            client.set_tag(logger.run_id, key, value)
-        if not cfg.logger.get("run_name"):
-            client.set_tag(logger.run_id, "mlflow.runName", name)
-    return logger
+    if not issubclass(get_class(cfg.logger._target_), MLFlowLogger):
+        return instantiate(cfg.logger)
+    name, tags = run_identity(cfg)
+    return instantiate(cfg.logger, run_name=cfg.logger.get("run_name") or name, tags=tags)
 
 
 def run_identity(cfg: DictConfig) -> tuple[str, dict[str, str]]:
@@ -59,7 +53,7 @@ def run_identity(cfg: DictConfig) -> tuple[str, dict[str, str]]:
     tags = {
         "dataset": str(choices.get("dataset")),
         "model": str(choices.get("model")),
-        "git_commit": git_commit(),
+        "mlflow.source.git.commit": git_commit(),
         "fer_lab_version": fer_lab.__version__,
         "hydra_overrides": " ".join(hydra_cfg.overrides.task) or "(none)",
         "output_dir": hydra_cfg.runtime.output_dir,
@@ -95,11 +89,11 @@ def log_run_config(logger: Logger, cfg: DictConfig, net: nn.Module) -> None:
     logger.log_hyperparams(
         {**flatten_config(cfg), "model/params_total": total, "model/params_trainable": trainable}
     )
+    path = Path(cfg.paths.output_dir) / "artifacts" / "config.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(OmegaConf.to_yaml(cfg, resolve=True))
     if isinstance(logger, MLFlowLogger):
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / "config.yaml"
-            path.write_text(OmegaConf.to_yaml(cfg, resolve=True))
-            logger.experiment.log_artifact(logger.run_id, str(path))
+        logger.experiment.log_artifact(logger.run_id, str(path))
 
 
 def write_confusion_matrix(
@@ -141,6 +135,8 @@ class RunArtifacts(pl.Callback):
         self.output_dir = Path(output_dir) / "artifacts"
 
     def _upload(self, trainer: pl.Trainer, paths: list[Path], artifact_path: str) -> None:
+        if not trainer.is_global_zero:
+            return
         for logger in trainer.loggers:
             if isinstance(logger, MLFlowLogger):
                 for path in paths:

@@ -31,7 +31,9 @@ def artifact_paths(client, run_id: str, path: str = "") -> set[str]:
 
 
 def test_training_run_is_tracked_in_mlflow(tmp_path: Path, mlflow_client) -> None:
-    run_train(tmp_path, "model=tf_emotion_cnn", "trainer.max_epochs=2", *SMALL)
+    run_train(
+        tmp_path, "model=tf_emotion_cnn", "trainer.max_epochs=2", "augmentation=hflip", *SMALL
+    )
     client = mlflow_client()
     experiment = client.get_experiment_by_name("synthetic")
     (run,) = client.search_runs([experiment.experiment_id])
@@ -45,6 +47,7 @@ def test_training_run_is_tracked_in_mlflow(tmp_path: Path, mlflow_client) -> Non
     assert params["model/params_total"] == params["model/params_trainable"] == "2380679"
     assert params["optimizer/lr"] == "0.001"
     assert params["model/num_classes"] == "7"
+    assert "HorizontalFlip" in params["augmentation/train"]
 
     metrics = run.data.metrics
     for name in ("train/loss", "train/acc", "val/loss", "val/acc", "val/acc_best", "val/f1_macro"):
