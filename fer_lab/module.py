@@ -64,9 +64,7 @@ class FERLitModule(pl.LightningModule):
                 "f1": MulticlassF1Score(n, average=None),
             }
         )
-        self.mean_loss = nn.ModuleDict(
-            {f"{s}_loss": MeanMetric() for s in ("train", "val", "test")}
-        )
+        self.mean_loss = nn.ModuleDict({f"{split}_loss": MeanMetric() for split in SPLITS})
         self.val_confusion = MulticlassConfusionMatrix(n)
         self.test_confusion_metric = MulticlassConfusionMatrix(n)
         self.val_acc_best = MaxMetric()

@@ -43,13 +43,17 @@ def build_logger(cfg: DictConfig) -> Logger:
 
 
 def run_identity(cfg: DictConfig) -> tuple[str, dict[str, str]]:
-    """Run name (model plus the command-line overrides) and tags for MLflow."""
+    """Run name (model plus the overrides that change the experiment) and tags for MLflow.
+
+    Paths and logger settings are left out of the name (they stay in `hydra_overrides`), so
+    names read like "dachapally optimizer.lr=0.01" in the runs list.
+    """
     hydra_cfg = HydraConfig.get()
     choices = hydra_cfg.runtime.choices
-    overrides = [o for o in hydra_cfg.overrides.task if not o.startswith("model=")]
-    name = choices.get("model", "model")
-    if overrides:
-        name = f"{name} {' '.join(overrides)}"
+    name = " ".join(
+        [choices.get("model", "model")]
+        + [o for o in hydra_cfg.overrides.task if not _is_bookkeeping(o.split("=", 1)[0])]
+    )
     tags = {
         "dataset": str(choices.get("dataset")),
         "model": str(choices.get("model")),
@@ -61,6 +65,11 @@ def run_identity(cfg: DictConfig) -> tuple[str, dict[str, str]]:
     if cfg.get("experiment_tag"):
         tags["experiment"] = str(cfg.experiment_tag)
     return name[:250], tags
+
+
+def _is_bookkeeping(key: str) -> bool:
+    key = key.lstrip("+~")
+    return key == "model" or key.endswith("path") or key.startswith(("paths.", "logger", "hydra."))
 
 
 def flatten_config(cfg: DictConfig) -> dict[str, Any]:
@@ -131,8 +140,9 @@ class RunArtifacts(pl.Callback):
     """Writes confusion matrices (best validation epoch, test) and uploads them with the best
     checkpoint to MLflow; with other loggers the files stay in `output_dir`."""
 
-    def __init__(self, output_dir: str) -> None:
+    def __init__(self, output_dir: str, title: str = "") -> None:
         self.output_dir = Path(output_dir) / "artifacts"
+        self.title = title
 
     def _upload(self, trainer: pl.Trainer, paths: list[Path], artifact_path: str) -> None:
         if not trainer.is_global_zero:
@@ -148,7 +158,7 @@ class RunArtifacts(pl.Callback):
                 pl_module.best_val_confusion.numpy(),
                 pl_module.class_names,
                 self.output_dir / "confusion_matrix_val_best",
-                "validation, best epoch",
+                f"{self.title}: validation, best epoch",
             )
             self._upload(trainer, paths, "confusion_matrices")
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
@@ -161,6 +171,6 @@ class RunArtifacts(pl.Callback):
                 pl_module.test_confusion.numpy(),
                 pl_module.class_names,
                 self.output_dir / "confusion_matrix_test",
-                "test",
+                f"{self.title}: test",
             )
             self._upload(trainer, paths, "confusion_matrices")
