@@ -49,14 +49,14 @@ def run_identity(cfg: DictConfig) -> tuple[str, dict[str, str]]:
     names read like "dachapally optimizer.lr=0.01" in the runs list.
     """
     hydra_cfg = HydraConfig.get()
-    choices = hydra_cfg.runtime.choices
-    name = " ".join(
-        [choices.get("model", "model")]
-        + [o for o in hydra_cfg.overrides.task if not _is_bookkeeping(o.split("=", 1)[0])]
-    )
+    sweep = cfg.get("sweep") or {}
+    words = [cfg.names.model]
+    if sweep.get("trial_number") is not None:
+        words.append(f"trial {sweep.trial_number}")
+    words += [o for o in hydra_cfg.overrides.task if not _is_bookkeeping(o.split("=", 1)[0])]
     tags = {
-        "dataset": str(choices.get("dataset")),
-        "model": str(choices.get("model")),
+        "dataset": str(cfg.names.dataset),
+        "model": str(cfg.names.model),
         "mlflow.source.git.commit": git_commit(),
         "fer_lab_version": fer_lab.__version__,
         "hydra_overrides": " ".join(hydra_cfg.overrides.task) or "(none)",
@@ -64,12 +64,19 @@ def run_identity(cfg: DictConfig) -> tuple[str, dict[str, str]]:
     }
     if cfg.get("experiment_tag"):
         tags["experiment"] = str(cfg.experiment_tag)
-    return name[:250], tags
+    if sweep.get("parent_run_id"):
+        tags["mlflow.parentRunId"] = str(sweep.parent_run_id)
+    if sweep.get("trial_number") is not None:
+        tags["optuna.trial"] = str(sweep.trial_number)
+        tags["optuna.study"] = str(hydra_cfg.sweeper.study_name)
+    return " ".join(words)[:250], tags
 
 
 def _is_bookkeeping(key: str) -> bool:
     key = key.lstrip("+~")
-    return key == "model" or key.endswith("path") or key.startswith(("paths.", "logger", "hydra."))
+    return key in ("model", "test", "sweep", "hparams_search", "data.num_workers") or (
+        key.endswith("path") or key.startswith(("paths.", "logger", "hydra."))
+    )
 
 
 def flatten_config(cfg: DictConfig) -> dict[str, Any]:

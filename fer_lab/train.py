@@ -4,17 +4,27 @@ import logging
 import sys
 
 import hydra
+import optuna
 import pytorch_lightning as pl
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.plugins import Plugins
 from hydra.errors import InstantiationException
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from fer_lab.config import CONFIG_PATH
 from fer_lab.errors import FERLabError
 from fer_lab.module import FERLitModule
+from fer_lab.sweeps import OptunaPruning
 from fer_lab.tracking import build_logger, log_run_config
+from hydra_plugins.fer_lab_optuna.sweeper import OptunaSweeper
 
 log = logging.getLogger(__name__)
+
+# Hydra finds plugins by scanning the hydra_plugins namespace, which setuptools' editable
+# installs hide; registering here makes `hydra/sweeper: optuna` work in both install modes.
+Plugins.instance().register(OptunaSweeper)
 
 
 def train(cfg: DictConfig) -> float:
@@ -33,6 +43,10 @@ def train(cfg: DictConfig) -> float:
     )
     logger = build_logger(cfg)
     callbacks = [instantiate(callback) for callback in cfg.callbacks.values()]
+    pruning = None
+    if cfg.get("sweep") and cfg.sweep.get("trial_id") is not None:
+        pruning = OptunaPruning.for_current_job(cfg.sweep.trial_id, cfg.optimized_metric)
+        callbacks.append(pruning)
     trainer: pl.Trainer = instantiate(cfg.trainer, logger=logger, callbacks=callbacks)
     log_run_config(logger, cfg, net)
 
@@ -43,6 +57,10 @@ def train(cfg: DictConfig) -> float:
             f"logged metrics: {sorted(trainer.callback_metrics)}"
         )
     score = float(trainer.callback_metrics[cfg.optimized_metric])
+    if pruning is not None and pruning.pruned_at is not None:
+        raise optuna.TrialPruned(
+            f"pruned after epoch {pruning.pruned_at} ({cfg.optimized_metric}={score:.4f})"
+        )
     if cfg.test:
         best = "best" if trainer.checkpoint_callback else None
         trainer.test(module, datamodule=datamodule, ckpt_path=best)
@@ -58,7 +76,8 @@ def main(cfg: DictConfig) -> float:
         return train(cfg)
     except (FERLabError, InstantiationException) as error:
         cause = error if isinstance(error, FERLabError) else error.__cause__
-        if not isinstance(cause, FERLabError):
+        # In a sweep the sweeper records the failed trial and carries on.
+        if not isinstance(cause, FERLabError) or HydraConfig.get().mode == RunMode.MULTIRUN:
             raise
         log.error("%s", cause)
         sys.exit(2)

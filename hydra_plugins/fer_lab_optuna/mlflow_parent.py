@@ -1,0 +1,124 @@
+"""One MLflow parent run per study, with every trial's run nested under it."""
+
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import optuna
+from hydra.utils import get_class
+from mlflow import MlflowClient
+from omegaconf import DictConfig
+from optuna.distributions import BaseDistribution
+from optuna.trial import TrialState
+from pytorch_lightning.loggers import MLFlowLogger
+
+log = logging.getLogger(__name__)
+
+SWEEP_TAG = "fer_lab.sweep"
+
+
+class SweepRun:
+    """The parent run of a study; a no-op when the config logs somewhere other than MLflow.
+
+    Re-running the same sweep reuses the study's parent run, so a resumed sweep stays one group.
+    """
+
+    def __init__(self, client: MlflowClient | None = None, run_id: str | None = None) -> None:
+        self.client = client
+        self.run_id = run_id
+
+    @classmethod
+    def start(
+        cls,
+        config: DictConfig,
+        study_name: str,
+        space: dict[str, BaseDistribution],
+        settings: dict[str, Any],
+    ) -> "SweepRun":
+        if not issubclass(get_class(config.logger._target_), MLFlowLogger):
+            return cls()
+        client = MlflowClient(config.logger.tracking_uri)
+        name = config.logger.experiment_name
+        experiment = client.get_experiment_by_name(name)
+        experiment_id = (
+            experiment.experiment_id
+            if experiment
+            else client.create_experiment(name, config.logger.get("artifact_location"))
+        )
+        existing = client.search_runs(
+            [experiment_id], filter_string=f"tags.`{SWEEP_TAG}` = '{study_name}'", max_results=1
+        )
+        if existing:
+            run_id = existing[0].info.run_id
+            client.update_run(run_id, status="RUNNING")
+            return cls(client, run_id)
+        run = client.create_run(
+            experiment_id, run_name=f"sweep {study_name}", tags={SWEEP_TAG: study_name}
+        )
+        for key, value in settings.items():
+            client.log_param(run.info.run_id, f"sweep/{key}", value)
+        for key, distribution in space.items():
+            client.log_param(run.info.run_id, f"space/{key}", repr(distribution)[:500])
+        return cls(client, run.info.run_id)
+
+    def _trial_run(self, number: int) -> str | None:
+        runs = self.client.search_runs(
+            [self.client.get_run(self.run_id).info.experiment_id],
+            filter_string=(
+                f"tags.`mlflow.parentRunId` = '{self.run_id}' and tags.`optuna.trial` = '{number}'"
+            ),
+            max_results=1,
+        )
+        return runs[0].info.run_id if runs else None
+
+    def mark_trial(self, number: int, state: TrialState) -> None:
+        """Tag the trial's run with its Optuna state; a pruned run ends as KILLED."""
+        if self.client is None:
+            return
+        run_id = self._trial_run(number)
+        if run_id is None:  # the trial failed before its run was created
+            return
+        self.client.set_tag(run_id, "optuna.trial_state", state.name)
+        if state == TrialState.PRUNED:
+            self.client.set_terminated(run_id, status="KILLED")
+        elif state == TrialState.FAIL:
+            self.client.set_terminated(run_id, status="FAILED")
+
+    def finish(self, study: optuna.Study, best_yaml: Path | None, failed: bool = False) -> None:
+        if self.client is None:
+            return
+        trials = study.get_trials(deepcopy=False)
+        for state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL):
+            count = sum(t.state == state for t in trials)
+            self.client.log_metric(self.run_id, f"trials/{state.name.lower()}", count)
+        completed = [t for t in trials if t.state == TrialState.COMPLETE]
+        if completed:
+            best = study.best_trial
+            self.client.log_metric(self.run_id, "best/value", best.value)
+            self.client.set_tag(self.run_id, "best.trial", str(best.number))
+            for key, value in best.params.items():
+                self.client.set_tag(self.run_id, f"best.{key}", str(value))
+            self._log_plots(study, len(completed))
+        if best_yaml is not None:
+            self.client.log_artifact(self.run_id, str(best_yaml))
+        self.client.set_terminated(self.run_id, status="FAILED" if failed else "FINISHED")
+
+    def _log_plots(self, study: optuna.Study, completed: int) -> None:
+        import matplotlib.pyplot as plt
+        from optuna.visualization import matplotlib as plots
+
+        wanted = {"optimization_history.png": plots.plot_optimization_history}
+        if completed >= 2 and study.best_trial.params:
+            wanted["param_importances.png"] = plots.plot_param_importances
+        with tempfile.TemporaryDirectory() as tmp:
+            for name, plot in wanted.items():
+                try:
+                    axes = plot(study)
+                except (ValueError, RuntimeError) as error:
+                    log.warning("No %s: %s", name, error)
+                    continue
+                path = Path(tmp) / name
+                axes.figure.savefig(path, dpi=120, bbox_inches="tight")
+                plt.close(axes.figure)
+                self.client.log_artifact(self.run_id, str(path), "sweep")
