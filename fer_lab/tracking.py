@@ -1,5 +1,6 @@
 """MLflow glue: run names and tags, the logged config, and confusion-matrix artifacts."""
 
+import os
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from torch import nn
 import fer_lab
 from fer_lab.models import count_parameters
 from fer_lab.module import FERLitModule
+from fer_lab.sweep_runs import PARENT_RUN_ENV
 
 
 def git_commit() -> str:
@@ -64,8 +66,9 @@ def run_identity(cfg: DictConfig) -> tuple[str, dict[str, str]]:
     }
     if cfg.get("experiment_tag"):
         tags["experiment"] = str(cfg.experiment_tag)
-    if sweep.get("parent_run_id"):
-        tags["mlflow.parentRunId"] = str(sweep.parent_run_id)
+    parent = sweep.get("parent_run_id") or os.environ.get(PARENT_RUN_ENV)
+    if parent:
+        tags["mlflow.parentRunId"] = str(parent)
     if sweep.get("trial_number") is not None:
         tags["optuna.trial"] = str(sweep.trial_number)
         tags["optuna.study"] = str(hydra_cfg.sweeper.study_name)

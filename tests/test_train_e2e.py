@@ -96,11 +96,14 @@ def test_short_run_learns_the_synthetic_faces(tmp_path: Path) -> None:
     assert best > 0.45, f"val/acc_best={best:.3f}; chance is 1/7"
 
 
-def test_multirun_logs_one_run_per_model(tmp_path: Path, mlflow_client) -> None:
+def test_multirun_runs_are_grouped_under_a_parent(tmp_path: Path, mlflow_client) -> None:
     run_train(tmp_path, "model=convnet0,cntk_simple", "trainer=debug", *SMALL, multirun=True)
     client = mlflow_client()
     runs = client.search_runs([client.get_experiment_by_name("synthetic").experiment_id])
-    assert sorted(r.data.tags["model"] for r in runs) == ["cntk_simple", "convnet0"]
+    (parent,) = [r for r in runs if "fer_lab.sweep" in r.data.tags]
+    jobs = [r for r in runs if r is not parent]
+    assert sorted(r.data.tags["model"] for r in jobs) == ["cntk_simple", "convnet0"]
+    assert {r.data.tags["mlflow.parentRunId"] for r in jobs} == {parent.info.run_id}
     assert all(r.info.status == "FINISHED" for r in runs)
 
 

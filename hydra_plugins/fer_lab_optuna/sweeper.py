@@ -20,8 +20,8 @@ from omegaconf import DictConfig, OmegaConf
 from optuna.distributions import BaseDistribution
 from optuna.trial import TrialState
 
+from fer_lab.sweep_runs import SweepRun
 from fer_lab.sweeps import open_storage
-from hydra_plugins.fer_lab_optuna.mlflow_parent import SweepRun
 from hydra_plugins.fer_lab_optuna.search_space import format_override, parse_search_space
 
 log = logging.getLogger(__name__)

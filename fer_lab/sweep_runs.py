@@ -1,11 +1,17 @@
-"""One MLflow parent run per study, with every trial's run nested under it."""
+"""MLflow parent runs that group a multirun: one per Optuna study, one per grid multirun.
+
+Trial and job runs nest under their parent through the `mlflow.parentRunId` tag, so the MLflow
+UI shows each sweep as one expandable row.
+"""
 
 import logging
+import os
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import optuna
+from hydra.experimental.callback import Callback
 from hydra.utils import get_class
 from mlflow import MlflowClient
 from omegaconf import DictConfig
@@ -16,12 +22,14 @@ from pytorch_lightning.loggers import MLFlowLogger
 log = logging.getLogger(__name__)
 
 SWEEP_TAG = "fer_lab.sweep"
+# How a grid multirun's parent run id reaches its jobs (in-process or in launcher workers).
+PARENT_RUN_ENV = "FER_LAB_PARENT_RUN_ID"
 
 
 class SweepRun:
-    """The parent run of a study; a no-op when the config logs somewhere other than MLflow.
+    """The parent run of a sweep; a no-op when the config logs somewhere other than MLflow.
 
-    Re-running the same sweep reuses the study's parent run, so a resumed sweep stays one group.
+    Re-running the same Optuna study reuses its parent run, so a resumed sweep stays one group.
     """
 
     def __init__(self, client: MlflowClient | None = None, run_id: str | None = None) -> None:
@@ -122,3 +130,28 @@ class SweepRun:
                 axes.figure.savefig(path, dpi=120, bbox_inches="tight")
                 plt.close(axes.figure)
                 self.client.log_artifact(self.run_id, str(path), "sweep")
+
+
+class GroupGridRuns(Callback):
+    """Hydra callback: a plain multirun (`-m model=a,b`) gets one MLflow parent run.
+
+    Optuna sweeps make their own parent run (per study), so they are left alone here.
+    """
+
+    def __init__(self) -> None:
+        self.sweep_run = SweepRun()
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if config.hydra.sweeper._target_.endswith("OptunaSweeper"):
+            return
+        sweep_dir = Path(config.hydra.sweep.dir)
+        self.sweep_run = SweepRun.start(
+            config, f"grid {sweep_dir.name}", {}, {"dir": str(sweep_dir)}
+        )
+        if self.sweep_run.run_id:
+            os.environ[PARENT_RUN_ENV] = self.sweep_run.run_id
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        if self.sweep_run.client is not None:
+            self.sweep_run.client.set_terminated(self.sweep_run.run_id)
+            os.environ.pop(PARENT_RUN_ENV, None)
