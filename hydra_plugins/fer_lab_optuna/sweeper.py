@@ -14,6 +14,7 @@ import optuna
 from hydra.core.config_store import ConfigStore
 from hydra.core.plugins import Plugins
 from hydra.core.utils import JobReturn, JobStatus
+from hydra.errors import HydraException
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
@@ -113,7 +114,7 @@ class OptunaSweeper(Sweeper):
             self.sweep_dir.mkdir(parents=True, exist_ok=True)
             try:
                 self.validate_batch_is_legal(overrides)
-            except Exception:
+            except HydraException:
                 for trial in batch:  # no trial of this space can run: stop, leaving none RUNNING
                     study.tell(trial, state=TrialState.FAIL)
                 sweep_run.finish(study, best_yaml=None, failed=True)
@@ -160,14 +161,16 @@ class OptunaSweeper(Sweeper):
     def _overrides(trial: optuna.Trial, fixed: list[str], sweep_run: "SweepRun") -> list[str]:
         sampled = [format_override(key, value) for key, value in trial.params.items()]
         parent = f",parent_run_id:'{sweep_run.run_id}'" if sweep_run.run_id else ""
+        # The storage id (not the number) is what reopens the trial in the job's process.
         marker = f"++sweep={{trial_id:{trial._trial_id},trial_number:{trial.number}{parent}}}"
         return [*fixed, *sampled, "test=false", marker]
 
     def _tell(self, study: optuna.Study, trial: optuna.Trial, result: JobReturn) -> TrialState:
         if result.status == JobStatus.COMPLETED:
             study.tell(trial, float(result.return_value))
+            metric = self.config.optimized_metric
             log.info(
-                "Trial %d: %s = %.4f %s", trial.number, "value", result.return_value, trial.params
+                "Trial %d: %s = %.4f %s", trial.number, metric, result.return_value, trial.params
             )
             return TrialState.COMPLETE
         error = result._return_value
@@ -204,7 +207,7 @@ class OptunaSweeper(Sweeper):
             "Best trial %d (%s = %.4f). Train and test it once with:\n"
             "  python -m fer_lab.train --config-dir %s --config-name best",
             best.number,
-            "value",
+            self.config.optimized_metric,
             best.value,
             self.sweep_dir,
         )
