@@ -135,6 +135,11 @@ def test_joblib_launcher_runs_trials_at_the_same_time(tmp_path: Path, mlflow_cli
         "hydra.launcher.n_jobs=2",
         "hydra.sweeper.n_jobs=2",
         "hydra.sweeper.n_trials=2",
+        # Trials of several seconds, so that start-up skew between the workers cannot hide
+        # the overlap.
+        "model=nouri",
+        "dataset.train_per_class=300",
+        "trainer.max_epochs=3",
     )
     assert [t.state for t in study(tmp_path).trials] == [TrialState.COMPLETE] * 2
     _, children = sweep_runs(mlflow_client())
