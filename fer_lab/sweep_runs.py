@@ -26,6 +26,11 @@ SWEEP_TAG = "fer_lab.sweep"
 PARENT_RUN_ENV = "FER_LAB_PARENT_RUN_ID"
 
 
+def logs_to_mlflow(config: DictConfig) -> bool:
+    """Whether the composed config's `logger` is an MLflow logger."""
+    return issubclass(get_class(config.logger._target_), MLFlowLogger)
+
+
 class SweepRun:
     """The parent run of a sweep; a no-op when the config logs somewhere other than MLflow.
 
@@ -44,7 +49,7 @@ class SweepRun:
         space: dict[str, BaseDistribution],
         settings: dict[str, Any],
     ) -> "SweepRun":
-        if not issubclass(get_class(config.logger._target_), MLFlowLogger):
+        if not logs_to_mlflow(config):
             return cls()
         client = MlflowClient(config.logger.tracking_uri)
         name = config.logger.experiment_name

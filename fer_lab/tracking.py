@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytorch_lightning as pl
 from hydra.core.hydra_config import HydraConfig
-from hydra.utils import get_class, instantiate
+from hydra.utils import instantiate
 from matplotlib.figure import Figure
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import Logger, MLFlowLogger
@@ -18,7 +18,7 @@ from torch import nn
 import fer_lab
 from fer_lab.models import count_parameters
 from fer_lab.module import FERLitModule
-from fer_lab.sweep_runs import PARENT_RUN_ENV
+from fer_lab.sweep_runs import PARENT_RUN_ENV, logs_to_mlflow
 
 
 def git_commit() -> str:
@@ -38,7 +38,7 @@ def git_commit() -> str:
 
 def build_logger(cfg: DictConfig) -> Logger:
     """The configured logger; an MLflow run also gets a readable name and searchable tags."""
-    if not issubclass(get_class(cfg.logger._target_), MLFlowLogger):
+    if not logs_to_mlflow(cfg):
         return instantiate(cfg.logger)
     name, tags = run_identity(cfg)
     return instantiate(cfg.logger, run_name=cfg.logger.get("run_name") or name, tags=tags)
