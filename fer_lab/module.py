@@ -16,6 +16,7 @@ from torchmetrics.classification import (
 )
 
 from fer_lab.models import FERNet
+from fer_lab.run_control import check_finite
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 SPLITS = ("train", "val", "test")
@@ -68,6 +69,7 @@ class FERLitModule(pl.LightningModule):
         self.val_confusion = MulticlassConfusionMatrix(n)
         self.test_confusion_metric = MulticlassConfusionMatrix(n)
         self.val_acc_best = MaxMetric()
+        self.val_acc_best.persistent(True)  # a resumed run keeps its best epoch
         self.best_val_confusion: torch.Tensor | None = None
         self.test_confusion: torch.Tensor | None = None
 
@@ -90,6 +92,7 @@ class FERLitModule(pl.LightningModule):
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         loss, logits, labels = self._step(batch, "train")
+        check_finite(loss, self.current_epoch, self.global_step, batch_idx)
         self.train_metrics.update(logits, labels)
         self.log(
             "train/acc", self.train_metrics["acc"], on_step=False, on_epoch=True, prog_bar=True
@@ -109,9 +112,10 @@ class FERLitModule(pl.LightningModule):
         self.log_dict({f"val/{k}": v for k, v in metrics.items()}, prog_bar=True)
         if self.trainer.sanity_checking:  # its few batches must not count as an epoch
             return
-        previous_best = self.val_acc_best.compute() if self.val_acc_best.update_called else None
+        # The state, not compute(): after a resume it holds the best so far, before any update.
+        previous_best = self.val_acc_best.max_value.clone()
         self.val_acc_best.update(metrics["acc"])
-        if previous_best is None or metrics["acc"] > previous_best:
+        if metrics["acc"] > previous_best:
             self.best_val_confusion = confusion.cpu()
         self.log("val/acc_best", self.val_acc_best.compute(), prog_bar=True)
 
@@ -155,3 +159,7 @@ class FERLitModule(pl.LightningModule):
         # The resolved config travels with the weights, so a checkpoint can be rebuilt alone.
         checkpoint["fer_lab_config"] = self.config
         checkpoint["fer_lab_classes"] = self.class_names
+        checkpoint["fer_lab_best_val_confusion"] = self.best_val_confusion
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.best_val_confusion = checkpoint.get("fer_lab_best_val_confusion")

@@ -19,6 +19,8 @@ from optuna.distributions import BaseDistribution
 from optuna.trial import TrialState
 from pytorch_lightning.loggers import MLFlowLogger
 
+from fer_lab.stores import prepare_tracking_store
+
 log = logging.getLogger(__name__)
 
 SWEEP_TAG = "fer_lab.sweep"
@@ -51,6 +53,7 @@ class SweepRun:
     ) -> "SweepRun":
         if not logs_to_mlflow(config):
             return cls()
+        prepare_tracking_store(config.logger.tracking_uri)
         client = MlflowClient(config.logger.tracking_uri)
         name = config.logger.experiment_name
         experiment = client.get_experiment_by_name(name)

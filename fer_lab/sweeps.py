@@ -11,13 +11,18 @@ import optuna
 import pytorch_lightning as pl
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
-from optuna.storages import JournalStorage
+from optuna.storages import BaseStorage, JournalStorage
 from optuna.storages.journal import JournalFileBackend
 
+from fer_lab.stores import is_sqlite_url, sqlite_study_storage
 
-def open_storage(spec: str) -> str | JournalStorage:
-    """An RDB URL (sqlite://, postgresql://, ...) as is; any other value is a journal file,
-    which Optuna locks per write, so parallel trials never see "database is locked"."""
+
+def open_storage(spec: str) -> str | BaseStorage:
+    """A journal file path, or an RDB URL (postgresql://, ...) as is. Optuna locks a journal
+    per write; a sqlite:// file is created under a lock, in WAL mode, and its connections
+    wait for the write lock, so parallel trials never see "database is locked"."""
+    if is_sqlite_url(spec):
+        return sqlite_study_storage(spec)
     if "://" in spec:
         return spec
     path = Path(spec).expanduser()

@@ -1,7 +1,9 @@
 """MLflow glue: run names and tags, the logged config, and confusion-matrix artifacts."""
 
+import logging
 import os
 import subprocess
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -12,13 +14,17 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from matplotlib.figure import Figure
 from omegaconf import DictConfig, OmegaConf
-from pytorch_lightning.loggers import Logger, MLFlowLogger
+from pytorch_lightning.loggers import Logger
 from torch import nn
 
 import fer_lab
+from fer_lab.data.faces import BadItem
+from fer_lab.mlflow_logger import FERMLflowLogger
 from fer_lab.models import count_parameters
 from fer_lab.module import FERLitModule
 from fer_lab.sweep_runs import PARENT_RUN_ENV, logs_to_mlflow
+
+log = logging.getLogger(__name__)
 
 
 def git_commit() -> str:
@@ -36,12 +42,34 @@ def git_commit() -> str:
     return result.stdout.strip() if result.returncode == 0 else "unknown"
 
 
-def build_logger(cfg: DictConfig) -> Logger:
-    """The configured logger; an MLflow run also gets a readable name and searchable tags."""
+def build_logger(cfg: DictConfig, run_id: str | None = None) -> Logger:
+    """The configured logger; a new MLflow run also gets a readable name and searchable tags,
+    a resumed one (`run_id`) keeps what it has."""
     if not logs_to_mlflow(cfg):
         return instantiate(cfg.logger)
+    if run_id is not None:
+        return instantiate(cfg.logger, run_id=run_id)
     name, tags = run_identity(cfg)
     return instantiate(cfg.logger, run_name=cfg.logger.get("run_name") or name, tags=tags)
+
+
+def mark_run(logger: Logger, status: str, reason: str | None = None) -> None:
+    """Set the MLflow run's status (RUNNING, KILLED, FAILED) with the reason as a tag."""
+    if isinstance(logger, FERMLflowLogger):
+        logger.set_status(status, reason)
+
+
+def log_skipped_data(logger: Logger, skipped: list[BadItem], output_dir: str) -> None:
+    """The rows and images `dataset.on_bad_data=skip` left out: a CSV artifact and a count."""
+    logger.log_hyperparams({"data/skipped": len(skipped)})
+    if not skipped:
+        return
+    path = Path(output_dir) / "artifacts" / "skipped_data.csv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame([asdict(item) for item in skipped]).to_csv(path, index=False)
+    log.warning("Skipped %d bad rows/images; the list is in %s", len(skipped), path)
+    if isinstance(logger, FERMLflowLogger):
+        logger.upload_artifact(path)
 
 
 def run_identity(cfg: DictConfig) -> tuple[str, dict[str, str]]:
@@ -111,8 +139,8 @@ def log_run_config(logger: Logger, cfg: DictConfig, net: nn.Module) -> None:
     path = Path(cfg.paths.output_dir) / "artifacts" / "config.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    if isinstance(logger, MLFlowLogger):
-        logger.experiment.log_artifact(logger.run_id, str(path))
+    if isinstance(logger, FERMLflowLogger):
+        logger.upload_artifact(path)
 
 
 def write_confusion_matrix(
@@ -158,9 +186,9 @@ class RunArtifacts(pl.Callback):
         if not trainer.is_global_zero:
             return
         for logger in trainer.loggers:
-            if isinstance(logger, MLFlowLogger):
+            if isinstance(logger, FERMLflowLogger):
                 for path in paths:
-                    logger.experiment.log_artifact(logger.run_id, str(path), artifact_path)
+                    logger.upload_artifact(path, artifact_path)
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: FERLitModule) -> None:
         if pl_module.best_val_confusion is not None:

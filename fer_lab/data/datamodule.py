@@ -6,10 +6,17 @@ from typing import Protocol
 import albumentations as A
 import numpy as np
 import pytorch_lightning as pl
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, get_worker_info
 
 from fer_lab.data.faces import FaceDataset, FaceSplits
 from fer_lab.data.transforms import build_transforms
+
+
+def seed_augmentation(worker_id: int) -> None:
+    """Give each loader worker its own augmentation stream, derived from the torch seed that
+    `seed_everything` fixes, so runs repeat and workers do not repeat each other."""
+    info = get_worker_info()
+    info.dataset.transform.set_random_seed(info.seed % 2**32)
 
 
 class FaceSource(Protocol):
@@ -34,6 +41,7 @@ class FERDataModule(pl.LightningDataModule):
         batch_size: int = 128,
         num_workers: int = 0,
         pin_memory: bool = False,
+        seed: int | None = None,
     ) -> None:
         super().__init__()
         if batch_size < 1:
@@ -44,7 +52,7 @@ class FERDataModule(pl.LightningDataModule):
         self.num_workers = num_workers
         self.pin_memory = pin_memory
         self.train_transform, self.eval_transform = build_transforms(
-            image_size, augmentation, preprocess
+            image_size, augmentation, preprocess, seed
         )
         self.splits: FaceSplits | None = None
 
@@ -74,6 +82,7 @@ class FERDataModule(pl.LightningDataModule):
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,
+            worker_init_fn=seed_augmentation,
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -1,0 +1,122 @@
+"""Checks that turn impossible configs into one-line errors before any data or weights load."""
+
+import sys
+from collections.abc import Callable, Sequence
+from importlib.resources import files
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig
+from torch import nn
+
+from fer_lab.errors import ConfigError
+
+# (key, test, what the value must be); a key absent from the composed config is not checked.
+RULES: tuple[tuple[str, Callable[[float], bool], str], ...] = (
+    ("optimizer.lr", lambda v: v > 0, "> 0"),
+    ("optimizer.weight_decay", lambda v: v >= 0, ">= 0"),
+    ("optimizer.momentum", lambda v: 0 <= v < 1, "in [0, 1)"),
+    ("model.dropout", lambda v: 0 <= v < 1, "in [0, 1)"),
+    ("model.input_size", lambda v: v >= 1, ">= 1"),
+    ("data.batch_size", lambda v: v >= 1, ">= 1"),
+    ("data.num_workers", lambda v: v >= 0, ">= 0"),
+    ("trainer.max_epochs", lambda v: v >= 1 or v == -1, ">= 1 (or -1 for no limit)"),
+    ("dataset.val_fraction", lambda v: 0 < v < 1, "in (0, 1)"),
+    ("dataset.test_fraction", lambda v: 0 < v < 1, "in (0, 1)"),
+)
+
+
+def _select(cfg: DictConfig, key: str) -> object:
+    node: object = cfg
+    for part in key.split("."):
+        if not isinstance(node, DictConfig) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def check_values(cfg: DictConfig) -> None:
+    """Hyperparameters in range and data shaped for the model, each failure naming its key."""
+    for key, test, requirement in RULES:
+        value = _select(cfg, key)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{key}={value!r}: must be a number {requirement}")
+        if not test(value):
+            raise ConfigError(f"{key}={value}: must be {requirement}")
+    for data_key, model_key in (("image_size", "input_size"), ("channels", "in_channels")):
+        if cfg.data[data_key] != cfg.model[model_key]:
+            raise ConfigError(
+                f"data.{data_key}={cfg.data[data_key]} but model {cfg.names.model} takes "
+                f"model.{model_key}={cfg.model[model_key]}; leave data.{data_key} at its "
+                f"default (${{model.{model_key}}}) or choose another model"
+            )
+
+
+def check_forward(net: nn.Module, channels: int, size: int, num_classes: int, model: str) -> None:
+    """One blank image through the network: a size the architecture cannot take fails here,
+    with the key to change, instead of deep inside the first training step."""
+    was_training = net.training
+    net.eval()
+    try:
+        with torch.no_grad():
+            logits = net(torch.zeros(1, channels, size, size))
+    except RuntimeError as error:
+        raise ConfigError(
+            f"model {model} cannot take {channels}x{size}x{size} images (model.input_size="
+            f"{size}, model.in_channels={channels}): {str(error).splitlines()[0]}"
+        ) from error
+    finally:
+        net.train(was_training)
+    if tuple(logits.shape) != (1, num_classes):
+        raise ConfigError(
+            f"model {model} returns {tuple(logits.shape)} for one image; expected (1, "
+            f"{num_classes}) for dataset.classes"
+        )
+
+
+def check_classes(
+    checkpoint_classes: Sequence[str] | None, classes: Sequence[str], ckpt: Path
+) -> None:
+    """A checkpoint continues only on the classes it was trained on, in the same order."""
+    if checkpoint_classes is not None and list(checkpoint_classes) != list(classes):
+        raise ConfigError(
+            f"{ckpt}: trained on {len(checkpoint_classes)} classes {list(checkpoint_classes)}, "
+            f"but dataset.classes has {len(classes)}: {list(classes)}; use the dataset config "
+            "it was trained with"
+        )
+
+
+def check_choices(argv: Sequence[str]) -> None:
+    """`group=name` on the command line must name a config of that group.
+
+    Hydra reports this too, but exits with 1 like a crash; checking first gives the exit code
+    2 every other user error gets. Sweep values (`model=a,b`, `glob(...)`) are checked per name.
+    """
+    conf = files("fer_lab.conf")
+    extra = [Path(v) for k, v in _options(argv) if k in ("--config-dir", "-cd")]
+    for key, value in _options(argv):
+        group = key.lstrip("+")
+        if "." in group or "/" in group or not conf.joinpath(group).is_dir() or "(" in value:
+            continue
+        known = {p.name[:-5] for p in conf.joinpath(group).iterdir() if p.name.endswith(".yaml")}
+        for folder in extra:
+            known |= {p.stem for p in (folder / group).glob("*.yaml")}
+        unknown = [n for n in value.split(",") if n not in known and n != "null"]
+        if unknown:
+            print(f"Unknown {group} {unknown[0]!r}: choose one of {sorted(known)}", file=sys.stderr)
+            sys.exit(2)
+
+
+def _options(argv: Sequence[str]) -> list[tuple[str, str]]:
+    pairs: list[tuple[str, str]] = []
+    for i, arg in enumerate(argv):
+        if arg in ("--config-dir", "-cd") and i + 1 < len(argv):
+            pairs.append((arg, argv[i + 1]))
+        elif "=" in arg and not arg.startswith("-"):
+            key, value = arg.split("=", 1)
+            pairs.append((key, value))
+        elif arg.startswith("--config-dir="):
+            pairs.append(("--config-dir", arg.split("=", 1)[1]))
+    return pairs

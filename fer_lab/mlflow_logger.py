@@ -1,0 +1,226 @@
+"""An MLflow logger that keeps training when the tracking server drops mid-run.
+
+Deliveries that fail because the store is unreachable (connection refused, timeouts, HTTP 5xx)
+are kept in order, in memory and in `undelivered_path`, and sent before the next delivery once
+the server answers again, so a short outage loses nothing. Real errors (a param re-logged with
+another value) still raise. The buffer file lives in the run's output directory: it is per run
+(parallel trials never share one), beside the checkpoints and artifacts that buffered uploads
+point to, and it survives the process, so what was never delivered can still be inspected.
+"""
+
+import json
+import logging
+import os
+import re
+import time
+from argparse import Namespace
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from lightning_fabric.utilities.logger import _add_prefix, _convert_params, _flatten_dict
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.exceptions import MlflowException
+from pytorch_lightning.loggers import MLFlowLogger
+from pytorch_lightning.loggers.logger import rank_zero_experiment
+from pytorch_lightning.utilities.rank_zero import rank_zero_only
+
+from fer_lab.stores import TrackingError, is_connectivity_error, prepare_tracking_store
+
+log = logging.getLogger(__name__)
+
+FAILURE_REASON_TAG = "fer_lab.failure_reason"
+UNDELIVERED_TAG = "fer_lab.undelivered"
+_METRIC_NAME_JUNK = re.compile("[^a-zA-Z0-9_/. -]+")  # what MLflow rejects, as PL strips it
+_PL_STATUS = {"success": "FINISHED", "finished": "FINISHED", "failed": "FAILED"}
+
+
+class FERMLflowLogger(MLFlowLogger):
+    """PL's MLFlowLogger with a prepared store, a race-free experiment lookup, and buffered
+    deliveries; `retry_interval_s` spaces out retries, so an outage costs seconds per epoch."""
+
+    def __init__(
+        self,
+        experiment_name: str = "lightning_logs",
+        run_name: str | None = None,
+        tracking_uri: str | None = None,
+        *,
+        undelivered_path: str | Path = "mlflow_undelivered.jsonl",
+        retry_interval_s: float = 30.0,
+        **kwargs: Any,
+    ) -> None:
+        tracking_uri = tracking_uri or os.getenv("MLFLOW_TRACKING_URI")
+        if tracking_uri:
+            prepare_tracking_store(tracking_uri)
+        super().__init__(experiment_name, run_name, tracking_uri, **kwargs)
+        self.undelivered_path = Path(undelivered_path).resolve()
+        self.retry_interval_s = retry_interval_s
+        self._pending: list[dict[str, Any]] = []  # to retry, in order
+        self._dropped: list[dict[str, Any]] = []  # rejected on retry: reported, never resent
+        self._failed_at = 0.0
+        self._final_status: str | None = None
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> MlflowClient:
+        """PL's lazy run creation; the experiment lookup tolerates parallel trials creating it."""
+        if not self._initialized and self._run_id is None and self._experiment_id is None:
+            self._experiment_id = self._experiment_id_for(self._experiment_name)
+        return super().experiment
+
+    def _experiment_id_for(self, name: str) -> str:
+        client = self._mlflow_client
+        found = client.get_experiment_by_name(name)
+        if found is None:
+            try:
+                return client.create_experiment(name, artifact_location=self._artifact_location)
+            except MlflowException as error:
+                if error.error_code != "RESOURCE_ALREADY_EXISTS":
+                    raise
+            found = client.get_experiment_by_name(name)  # another process created it just now
+        if found.lifecycle_stage == "deleted":
+            raise TrackingError(
+                f"MLflow experiment {name!r} is deleted: restore it (`mlflow experiments restore "
+                f"--experiment-id {found.experiment_id}`) or set logger.experiment_name."
+            )
+        return found.experiment_id
+
+    @rank_zero_only
+    def log_hyperparams(self, params: dict[str, Any] | Namespace) -> None:
+        flat = _flatten_dict(_convert_params(params))
+        # Truncated to 250 characters as PL does, so a resumed run re-logs equal values.
+        self._deliver({"kind": "batch", "params": [[k, str(v)[:250]] for k, v in flat.items()]})
+
+    @rank_zero_only
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        stamp = int(time.time() * 1000)
+        prefixed = _add_prefix(metrics, self._prefix, self.LOGGER_JOIN_CHAR)
+        rows = [
+            [_METRIC_NAME_JUNK.sub("", key), float(value), stamp, step or 0]
+            for key, value in prefixed.items()
+            if not isinstance(value, str)
+        ]
+        self._deliver({"kind": "batch", "metrics": rows})
+
+    @rank_zero_only
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        self._deliver({"kind": "batch", "tags": [[k, str(v)] for k, v in tags.items()]})
+
+    @rank_zero_only
+    def upload_artifact(self, local_path: str | Path, artifact_path: str | None = None) -> None:
+        """Upload a file to this run; buffered by path, so the file must stay until finalize."""
+        path = str(Path(local_path).resolve())
+        self._deliver({"kind": "artifact", "path": path, "artifact_path": artifact_path})
+
+    @rank_zero_only
+    def set_status(self, status: str, reason: str | None = None) -> None:
+        """Set the run's status: a terminal one (KILLED, FAILED, FINISHED) is kept by later
+        finalize calls, RUNNING reopens a resumed run; `reason` goes to the tag
+        fer_lab.failure_reason. With no run created yet there is nothing to mark."""
+        terminal = RunStatus.is_terminated(RunStatus.from_string(status))  # rejects typos
+        if not self._initialized:
+            return
+        self._final_status = status if terminal else None
+        if reason:
+            self.set_tags({FAILURE_REASON_TAG: reason[:5000]})
+        self._deliver({"kind": "status", "status": status})
+
+    @rank_zero_only
+    def finalize(self, status: str = "success") -> None:
+        """End the run, retrying every buffered delivery; report what still could not go."""
+        if not self._initialized:
+            return
+        if self._checkpoint_callback:
+            self._scan_and_log_checkpoints(self._checkpoint_callback)
+        status = self._final_status or _PL_STATUS.get(status, status)
+        self._deliver({"kind": "status", "status": status}, force=True)
+        count = len(self._dropped) + len(self._pending)
+        if not count:
+            return
+        log.warning(
+            "%d MLflow deliveries (metrics, params, tags, artifacts, status) to %s, run %s, "
+            "could not be made; they are kept in %s",
+            count,
+            self._tracking_uri,
+            self._run_id,
+            self.undelivered_path,
+        )
+        note = f"{count} items not delivered, kept in {self.undelivered_path}"
+        try:  # lands when the server answers again (it may have rejected some items)
+            self._send({"run_id": self._run_id, "kind": "batch", "tags": [[UNDELIVERED_TAG, note]]})
+        except Exception as error:
+            if not is_connectivity_error(error):
+                raise
+
+    def _deliver(self, item: dict[str, Any], force: bool = False) -> None:
+        """Send `item` after everything still buffered, or buffer it while the store is down."""
+        item = {"run_id": self.run_id, **item}
+        if not self._pending or self._flush(force):
+            try:
+                self._send(item)
+                return
+            except Exception as error:
+                if not is_connectivity_error(error):
+                    raise
+                log.warning(
+                    "MLflow store %s unreachable (%s); training goes on, deliveries wait in %s "
+                    "and are retried every %g s",
+                    self._tracking_uri,
+                    error,
+                    self.undelivered_path,
+                    self.retry_interval_s,
+                )
+                self._failed_at = time.monotonic()
+        self._pending.append(item)
+        self._save()
+
+    def _flush(self, force: bool) -> bool:
+        """Send the buffered items in order; False while the store stays unreachable. An item
+        the store rejects (say, its artifact file is gone) stays in the file, reported."""
+        if not force and time.monotonic() - self._failed_at < self.retry_interval_s:
+            return False
+        count = len(self._pending)
+        while self._pending:
+            try:
+                self._send(self._pending[0])
+            except Exception as error:
+                if is_connectivity_error(error):
+                    self._failed_at = time.monotonic()
+                    self._save()
+                    return False
+                log.error("MLflow rejected a buffered delivery (%s): %s", error, self._pending[0])
+                self._dropped.append(self._pending[0])
+            self._pending.pop(0)
+        log.info("MLflow store %s is back: %d buffered items retried", self._tracking_uri, count)
+        self._save()
+        return True
+
+    def _save(self) -> None:
+        """Mirror what is undelivered to the file (gone once everything went through)."""
+        items = self._dropped + self._pending
+        if not items:
+            self.undelivered_path.unlink(missing_ok=True)
+            return
+        self.undelivered_path.parent.mkdir(parents=True, exist_ok=True)
+        draft = self.undelivered_path.with_suffix(".tmp")  # replaced whole: a crash keeps one
+        draft.write_text("".join(json.dumps(item) + "\n" for item in items))
+        draft.replace(self.undelivered_path)
+
+    def _send(self, item: dict[str, Any]) -> None:
+        client, run_id = self._mlflow_client, item["run_id"]
+        if item["kind"] == "artifact":
+            client.log_artifact(run_id, item["path"], item["artifact_path"])
+        elif item["kind"] == "status":
+            if RunStatus.is_terminated(RunStatus.from_string(item["status"])):
+                client.set_terminated(run_id, item["status"])
+            else:
+                client.update_run(run_id, status=item["status"])
+        else:
+            client.log_batch(
+                run_id,
+                metrics=[Metric(*row) for row in item.get("metrics", [])],
+                params=[Param(*row) for row in item.get("params", [])],
+                tags=[RunTag(*row) for row in item.get("tags", [])],
+                **self._log_batch_kwargs,
+            )

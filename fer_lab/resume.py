@@ -1,0 +1,104 @@
+"""Finding the run to continue: `resume=auto`, `resume=<run dir or .ckpt>`, or the same folder.
+
+Each run keeps `run_state.json` (status and MLflow run id) beside `checkpoints/last.ckpt`.
+A run is resumable until its status is `finished`: a killed, crashed or stopped run continues
+from its last completed epoch, in its own folder and its own MLflow run.
+"""
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from fer_lab.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "run_state.json"
+LAST_CHECKPOINT = Path("checkpoints") / "last.ckpt"
+
+
+@dataclass
+class ResumePoint:
+    output_dir: Path
+    checkpoint: Path
+    mlflow_run_id: str | None
+    classes: list[str] | None
+
+
+def write_state(output_dir: str | Path, status: str, mlflow_run_id: str | None) -> None:
+    """Record the run's status ('running', 'stopped', 'failed', 'finished') atomically."""
+    path = Path(output_dir) / STATE_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".partial")
+    partial.write_text(json.dumps({"status": status, "mlflow_run_id": mlflow_run_id}))
+    partial.replace(path)
+
+
+def read_state(output_dir: Path) -> dict[str, str | None]:
+    path = output_dir / STATE_FILE
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def find_resume_point(cfg: DictConfig) -> ResumePoint | None:
+    """The run this job continues, or None for a fresh start.
+
+    `resume=auto` looks at this job's folder, then at its siblings (newest first) for an
+    unfinished run of the same command; `resume=null` only at this job's folder (a re-run with
+    the same `hydra.run.dir`); any other value is a run folder or checkpoint to continue.
+    """
+    here = Path(HydraConfig.get().runtime.output_dir)
+    resume = cfg.get("resume")
+    if resume not in (None, "auto"):
+        return _explicit(Path(str(resume)).expanduser(), here)
+    candidates = [here]
+    if resume == "auto":
+        siblings = [p for p in here.parent.iterdir() if p.is_dir() and p != here]
+        candidates += sorted(siblings, key=lambda p: p.stat().st_mtime, reverse=True)
+    command = _command(HydraConfig.get().overrides.task)
+    for folder in candidates:
+        state = read_state(folder)
+        if not state or state.get("status") == "finished":
+            continue
+        if not (folder / LAST_CHECKPOINT).is_file() or _recorded_command(folder) != command:
+            continue
+        return _point(folder, folder / LAST_CHECKPOINT, state.get("mlflow_run_id"))
+    if resume == "auto":
+        log.info(
+            "resume=auto: no unfinished run of this command under %s; starting anew", here.parent
+        )
+    return None
+
+
+def _explicit(path: Path, here: Path) -> ResumePoint:
+    checkpoint = path / LAST_CHECKPOINT if path.is_dir() else path
+    if not checkpoint.is_file():
+        raise ConfigError(
+            f"resume={path}: no checkpoint there (expected a run folder with {LAST_CHECKPOINT} "
+            "or a .ckpt file)"
+        )
+    run_dir = checkpoint.parent.parent
+    if (run_dir / STATE_FILE).is_file():
+        return _point(run_dir, checkpoint, read_state(run_dir).get("mlflow_run_id"))
+    return _point(here, checkpoint, None)
+
+
+def _point(output_dir: Path, checkpoint: Path, run_id: str | None) -> ResumePoint:
+    # mmap: only the few small entries read here are paged in, not the weights.
+    saved = torch.load(checkpoint, map_location="cpu", mmap=True, weights_only=False)
+    return ResumePoint(output_dir, checkpoint, run_id, saved.get("fer_lab_classes"))
+
+
+def _command(overrides: list[str]) -> list[str]:
+    return sorted(o for o in overrides if not o.lstrip("+~").startswith("resume="))
+
+
+def _recorded_command(folder: Path) -> list[str] | None:
+    path = folder / ".hydra" / "overrides.yaml"
+    if not path.is_file():
+        return None
+    return _command(list(OmegaConf.load(path)))

@@ -1,0 +1,175 @@
+"""Tracking stores that survive faults: a fast, clear failure for an unreachable MLflow server,
+and SQLite files (MLflow's, Optuna's) that several processes can create and write at once.
+
+SQLite: a fresh file raced by parallel trials breaks MLflow's schema creation ("table
+_alembic_tmp_... already exists", half-applied migrations), so the first process per machine
+creates and migrates it under a file lock while the others wait. The file is switched to WAL
+(persistent in the file), so readers (`mlflow ui`) never block writers, and connections wait
+for the write lock instead of failing with "database is locked": MLflow's sessions wait 20 s
+(its own `PRAGMA busy_timeout`), Optuna's SQLITE_TIMEOUT_S (sqlite3's connect timeout).
+"""
+
+import contextlib
+import hashlib
+import os
+import sqlite3
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+from urllib.parse import urlparse
+
+from filelock import FileLock, Timeout
+
+from fer_lab.errors import FERLabError
+
+if TYPE_CHECKING:
+    import optuna
+
+SQLITE_TIMEOUT_S = 60.0
+PROBE_TIMEOUT_S = 1.5
+# MLflow's defaults (7 retries with exponential backoff, 120 s timeout) block a training step
+# for minutes per call when the server is down; our buffering logger retries later instead.
+HTTP_LIMITS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
+
+_prepared: set[str] = set()
+
+
+class TrackingError(FERLabError):
+    """The tracking store cannot be used (server unreachable, store locked)."""
+
+
+def prepare_tracking_store(uri: str) -> None:
+    """Make `uri` safe to use before an MlflowClient touches it.
+
+    http(s): cap MLflow's HTTP retries (unless set in the environment) and check `/health`;
+    sqlite: create and migrate the file once, under a lock, in WAL mode; anything else: nothing.
+    """
+    if urlparse(uri).scheme in ("http", "https"):
+        for name, value in HTTP_LIMITS.items():
+            os.environ.setdefault(name, value)
+        probe_server(uri)
+    elif is_sqlite_url(uri) and uri not in _prepared:
+        from mlflow import MlflowClient
+
+        with prepared_sqlite(uri):
+            if not _has_default_experiment(uri):
+                MlflowClient(uri)  # builds the store: tables, migrations, Default experiment
+        _prepared.add(uri)
+
+
+def _has_default_experiment(url: str) -> bool:
+    """MLflow creates the Default experiment last, so a store that has it is complete; the
+    check keeps the lock short for the processes that come after the first."""
+    path = sqlite_path(url)
+    if path is None:
+        return False
+    with contextlib.closing(sqlite3.connect(path, timeout=SQLITE_TIMEOUT_S)) as connection:
+        try:
+            query = "SELECT 1 FROM experiments WHERE experiment_id = 0"
+            return connection.execute(query).fetchone() is not None
+        except sqlite3.OperationalError:  # no such table: a fresh file
+            return False
+
+
+def is_connectivity_error(error: BaseException) -> bool:
+    """Whether `error`, or what it wraps, says the store was unreachable or failing (connection
+    refused, timeout, HTTP 5xx: worth retrying later) rather than that the request was wrong."""
+    import requests
+    from mlflow.exceptions import MlflowException
+
+    unreachable = (
+        requests.ConnectionError,
+        requests.Timeout,
+        requests.exceptions.RetryError,  # MLflow's retries on 5xx ran out
+        requests.exceptions.ChunkedEncodingError,  # the connection dropped mid-response
+    )
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, requests.HTTPError) and error.response is not None:
+            return error.response.status_code >= 500
+        if isinstance(error, unreachable):
+            return True
+        if isinstance(error, MlflowException):  # MLflow wraps a refused connection as a 500
+            return error.get_http_status_code() >= 500
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def probe_server(uri: str) -> None:
+    """Raise TrackingError within 2 x PROBE_TIMEOUT_S (connect, read) unless `/health` answers."""
+    import requests
+    from mlflow.environment_variables import (
+        MLFLOW_TRACKING_INSECURE_TLS,
+        MLFLOW_TRACKING_SERVER_CERT_PATH,
+    )
+
+    verify = MLFLOW_TRACKING_SERVER_CERT_PATH.get() or not MLFLOW_TRACKING_INSECURE_TLS.get()
+    url = uri.rstrip("/") + "/health"
+    try:
+        response = requests.get(url, timeout=(PROBE_TIMEOUT_S, PROBE_TIMEOUT_S), verify=verify)
+    except requests.Timeout:
+        problem = f"no answer within {PROBE_TIMEOUT_S:g} s (timeout)"
+    except requests.ConnectionError as error:
+        refused = "refused" in str(error).lower()
+        problem = "connection refused" if refused else f"cannot connect ({error})"
+    else:
+        # 401/403: a server (or its proxy) that wants credentials is up; MLflow sends them.
+        if response.ok or response.status_code in (401, 403):
+            return
+        problem = f"HTTP {response.status_code} on /health"
+    port = urlparse(uri).port or 5000
+    raise TrackingError(
+        f"MLflow tracking server {uri} is not reachable: GET {url}: {problem}. "
+        f"Start it (`make ui`, or `mlflow server --backend-store-uri sqlite:///mlflow.db "
+        f"--port {port}`), or unset MLFLOW_TRACKING_URI (or logger.tracking_uri) to log to "
+        f"./mlflow.db, or train with logger=csv."
+    )
+
+
+def sqlite_study_storage(url: str) -> "optuna.storages.RDBStorage":
+    """Optuna's storage for a SQLite file; its table creation races on a fresh file too."""
+    from optuna.storages import RDBStorage
+
+    with prepared_sqlite(url):
+        return RDBStorage(url, engine_kwargs={"connect_args": {"timeout": SQLITE_TIMEOUT_S}})
+
+
+def is_sqlite_url(url: str) -> bool:
+    """sqlite:///file (or a driver variant, sqlite+pysqlite:///file)."""
+    return urlparse(url).scheme.split("+")[0] == "sqlite"
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The file of a `sqlite:///file` URL; None for an in-memory database."""
+    path = url.split("://", 1)[1].split("?", 1)[0].removeprefix("/")
+    return Path(path) if path and path != ":memory:" else None
+
+
+@contextlib.contextmanager
+def prepared_sqlite(url: str) -> Iterator[None]:
+    """Hold the machine-wide creation lock of a SQLite file, switched to WAL, while the body
+    creates or migrates its tables; other processes preparing the same file wait."""
+    path = sqlite_path(url)
+    if path is None:
+        yield
+        return
+    path = path.expanduser().resolve()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # In the temp dir, like MLflow's own lock, so no lock files appear beside the database.
+    digest = hashlib.sha1(str(path).encode()).hexdigest()[:16]
+    lock = FileLock(Path(tempfile.gettempdir()) / f"fer_lab-sqlite-{digest}.lock")
+    try:
+        lock.acquire(timeout=10 * SQLITE_TIMEOUT_S)
+    except Timeout as error:
+        raise TrackingError(
+            f"Another process has held the lock on {path} ({lock.lock_file}) for "
+            f"{10 * SQLITE_TIMEOUT_S:g} s; stop it, or delete the lock file if none runs."
+        ) from error
+    try:
+        with contextlib.closing(sqlite3.connect(path, timeout=SQLITE_TIMEOUT_S)) as connection:
+            connection.execute("PRAGMA journal_mode=WAL")
+        yield
+    finally:
+        lock.release()
