@@ -7,17 +7,18 @@ import pytest
 
 from fer_lab.data.fer2013 import FER2013_CLASSES
 
-from .helpers import write_image
+from .helpers import run_train, write_image
 
 
 @pytest.fixture
 def fer2013_folder(tmp_path: Path) -> Path:
-    """train/ and test/ with capitalised class folders of 48x48 JPEGs (10 and 3 per class)."""
+    """train/ and test/ with capitalised class folders of 48x48 JPEGs (10 and 3 per class),
+    each file name used once, as in the Kaggle release."""
     root = tmp_path / "fer2013"
     for split, count in (("train", 10), ("test", 3)):
         for c, name in enumerate(FER2013_CLASSES):
             for i in range(count):
-                path = root / split / name.capitalize() / f"{i}.jpg"
+                path = root / split / name.capitalize() / f"{split}_{c * 100 + i}.jpg"
                 write_image(path, 48, 48, False, c * 100 + i)
     return root
 
@@ -45,3 +46,24 @@ def mlflow_client(tmp_path: Path) -> Callable:
         return mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
 
     return client
+
+
+@pytest.fixture(scope="session")
+def trained_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The best checkpoint of a one-epoch convnet0 run on tiny synthetic faces (7 classes),
+    trained once per test session; its run folder is `checkpoint.parent.parent`."""
+    folder = tmp_path_factory.mktemp("trained")
+    run_train(
+        folder,
+        "dataset=synthetic",
+        "dataset.train_per_class=20",
+        "dataset.val_per_class=5",
+        "dataset.test_per_class=5",
+        "model=convnet0",
+        "data.batch_size=16",
+        "data.num_workers=0",
+        "trainer.max_epochs=1",
+        "hydra.run.dir=run",
+    )
+    (best,) = (folder / "run" / "checkpoints").glob("epoch*.ckpt")
+    return best

@@ -50,14 +50,26 @@ def write_image(path: Path, height: int, width: int, colour: bool, seed: int) ->
     assert cv2.imwrite(str(path), rng.integers(0, 256, shape, dtype=np.uint8))
 
 
+def run_cli(
+    tmp_path: Path, *overrides: str, multirun: bool = False, timeout: int = 600
+) -> subprocess.CompletedProcess:
+    """`python -m fer_lab.train` in `tmp_path` with its own MLflow SQLite store, whatever its
+    exit code; `tests.faults` callbacks can be added as overrides."""
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
+        "PYTHONPATH": str(REPO_ROOT),
+    }
+    command = [sys.executable, "-m", "fer_lab.train", *(["-m"] if multirun else []), *overrides]
+    return subprocess.run(
+        command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
 def run_train(
     tmp_path: Path, *overrides: str, multirun: bool = False, timeout: int = 600
 ) -> subprocess.CompletedProcess:
-    """`python -m fer_lab.train` in `tmp_path` with its own MLflow SQLite store."""
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
-    command = [sys.executable, "-m", "fer_lab.train", *(["-m"] if multirun else []), *overrides]
-    result = subprocess.run(
-        command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=timeout
-    )
+    """`run_cli` that must succeed."""
+    result = run_cli(tmp_path, *overrides, multirun=multirun, timeout=timeout)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     return result

@@ -1,8 +1,6 @@
 """Impossible configs stop with one line naming the key, before data or weights load."""
 
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,7 +10,7 @@ from fer_lab.config_checks import check_choices, check_classes, check_forward, c
 from fer_lab.errors import ConfigError
 from fer_lab.models import ConvNet0
 
-from .helpers import compose_config
+from .helpers import compose_config, run_cli
 
 
 def composed(*overrides: str):
@@ -85,13 +83,7 @@ def test_config_dir_options_are_known(tmp_path: Path) -> None:
 def test_cli_reports_config_errors_without_traceback(
     tmp_path: Path, override: str, message: str
 ) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "fer_lab.train", "dataset=synthetic", override],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = run_cli(tmp_path, "dataset=synthetic", override, timeout=120)
     output = result.stdout + result.stderr
     assert result.returncode == 2, output[-3000:]
     assert message in output

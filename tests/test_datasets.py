@@ -83,7 +83,7 @@ def test_fer2013_wrong_pixel_count_names_the_line(tmp_path: Path) -> None:
     lines = path.read_text().splitlines()
     lines[3] = "2,1 2 3,Training"
     path.write_text("\n".join(lines) + "\n")
-    with pytest.raises(DataError, match=r"lines 4\b"):
+    with pytest.raises(DataError, match=r"line 4\b"):
         FER2013CSV(str(path), FER2013_CLASSES).load()
 
 

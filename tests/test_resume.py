@@ -1,16 +1,13 @@
 """A killed, stopped or diverging run: what is left behind, and that `resume=auto` finishes it."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import mlflow
 import pytest
 import torch
 
-from .helpers import REPO_ROOT
+from .helpers import run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -32,22 +29,6 @@ def fault(kind: str, tmp_path: Path, **params: object) -> list[str]:
     args = {"epoch": 1, "batch": 3, "marker": tmp_path / "fault_fired", **params}
     node = "+callbacks.fault"
     return [f"{node}._target_=tests.faults.{kind}"] + [f"{node}.{k}={v}" for k, v in args.items()]
-
-
-def cli(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess:
-    env = {
-        **os.environ,
-        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
-        "PYTHONPATH": str(REPO_ROOT),
-    }
-    return subprocess.run(
-        [sys.executable, "-m", "fer_lab.train", *overrides],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
 
 
 def run_dirs(tmp_path: Path) -> list[Path]:
@@ -76,7 +57,7 @@ def test_killed_run_resumes_into_the_same_mlflow_run(
     tmp_path: Path, mlflow_client, signal_name: str, exit_code: int
 ) -> None:
     command = COMMAND + fault("SendSignal", tmp_path, name=signal_name)
-    first = cli(tmp_path, *command)
+    first = run_cli(tmp_path, *command)
     assert first.returncode == exit_code, first.stderr[-3000:]
     (run_dir,) = run_dirs(tmp_path)
     last = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
@@ -87,7 +68,7 @@ def test_killed_run_resumes_into_the_same_mlflow_run(
         assert run.info.status == "KILLED"
         assert json.loads((run_dir / "run_state.json").read_text())["status"] == "stopped"
 
-    second = cli(tmp_path, *command, "resume=auto")
+    second = run_cli(tmp_path, *command, "resume=auto")
     assert second.returncode == 0, second.stderr[-3000:]
     resumed = only_run(client)
     assert resumed.info.run_id == run.info.run_id
@@ -100,7 +81,7 @@ def test_killed_run_resumes_into_the_same_mlflow_run(
 def test_nan_loss_fails_the_run_and_keeps_the_good_checkpoint(
     tmp_path: Path, mlflow_client
 ) -> None:
-    result = cli(tmp_path, *COMMAND, *fault("PoisonWeights", tmp_path))
+    result = run_cli(tmp_path, *COMMAND, *fault("PoisonWeights", tmp_path))
     assert result.returncode == 2, result.stderr[-3000:]
     output = result.stdout + result.stderr
     assert "train/loss is nan at epoch 1" in output
@@ -121,7 +102,7 @@ def test_seeded_cpu_runs_repeat_exactly(tmp_path: Path, mlflow_client) -> None:
     for attempt in ("a", "b"):
         folder = tmp_path / attempt
         folder.mkdir()
-        result = cli(folder, *command)
+        result = run_cli(folder, *command)
         assert result.returncode == 0, result.stderr[-3000:]
         client = mlflow.MlflowClient(f"sqlite:///{folder / 'mlflow.db'}")
         run = only_run(client)

@@ -7,16 +7,29 @@ import numpy as np
 import pandas as pd
 
 from fer_lab.data.faces import (
-    IMAGE_SUFFIXES,
+    BadItem,
     Faces,
     FaceSplits,
+    ImageEntry,
     class_indices,
+    list_class_folders,
     split_off,
+    without_duplicates,
+    without_unreadable,
+)
+from fer_lab.data.validation import (
+    check_policy,
+    enforce_policy,
+    parse_pixel_rows,
+    read_csv_rows,
+    require_columns,
+    require_images_per_class,
 )
 from fer_lab.errors import DataError
 
 # The emotion codes of the FER2013 CSV, in code order.
 FER2013_CLASSES = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
+KAGGLE_USAGES = ("Training", "PublicTest", "PrivateTest")
 
 HOW_TO_GET = (
     "FER2013 comes from the Kaggle competition "
@@ -44,6 +57,11 @@ class FER2013CSV:
     `splits` maps train/val/test to `Usage` values; the default protocol tunes on
     PublicTest and reports PrivateTest. `classes` may be a subset (happy vs sad): rows of
     other emotions are left out and labels follow the order of `classes`.
+
+    Bad rows (an emotion code outside 0..6, an unknown Usage, pixels that are not
+    `image_size`**2 integers 0..255, a line with extra fields) stop the load or, with
+    `on_bad_data="skip"`, are left out and listed in `FaceSplits.skipped`. Pixels are checked
+    only in the rows training would use.
     """
 
     def __init__(
@@ -53,6 +71,7 @@ class FER2013CSV:
         name: str = "fer2013",
         splits: Mapping[str, str] | None = None,
         image_size: int = 48,
+        on_bad_data: str = "error",
     ) -> None:
         self.path = Path(path).expanduser()
         self.name = name
@@ -61,7 +80,9 @@ class FER2013CSV:
             splits or {"train": "Training", "val": "PublicTest", "test": "PrivateTest"}
         )
         self.image_size = image_size
+        self.on_bad_data = check_policy(on_bad_data)
         self.codes = class_indices(self.classes, FER2013_CLASSES, "dataset.classes")
+        self.usages = sorted({*KAGGLE_USAGES, *self.splits.values()})
 
     def resolve_path(self) -> Path:
         """The CSV itself, accepting `fer2013.csv` for `fer2013.csv.gz` and the other way round."""
@@ -77,36 +98,64 @@ class FER2013CSV:
 
     def load(self) -> FaceSplits:
         path = self.resolve_path()
-        table = pd.read_csv(path, dtype={"emotion": "Int64", "pixels": str, "Usage": str})
-        missing = {"emotion", "pixels", "Usage"} - set(table.columns)
-        if missing:
-            raise DataError(
-                f"{path}: missing column(s) {sorted(missing)}; expected the Kaggle header "
-                "'emotion,pixels,Usage'"
-            )
-        table = table[table["emotion"].isin(self.codes)]
-        return FaceSplits(
-            **{split: self._split(path, table, usage) for split, usage in self.splits.items()}
+        table, lines, bad = read_csv_rows(path)
+        columns = ("emotion", "pixels", "Usage")
+        require_columns(path, table, columns, "expected the Kaggle header 'emotion,pixels,Usage'")
+        codes = pd.to_numeric(table["emotion"], errors="coerce")
+        reasons = self._field_problems(table, codes)
+        used = reasons.isna() & codes.isin(self.codes) & table["Usage"].isin(self.splits.values())
+        pixels, reasons[used] = parse_pixel_rows(table["pixels"][used].tolist(), self.image_size**2)
+        bad += [
+            BadItem(str(path), int(lines[row]), table.at[row, "Usage"] or None, reason)
+            for row, reason in reasons.dropna().items()
+        ]
+        bad.sort(key=lambda item: item.line)
+        skipped = enforce_policy(bad, self.on_bad_data, str(path), self._hint())
+        kept = used & reasons.isna()
+        code_to_label = {code: label for label, code in enumerate(self.codes)}
+        labels = codes[kept].map(code_to_label).to_numpy(dtype=np.int64)
+        faces = Faces(pixels.reshape(-1, self.image_size, self.image_size), labels)
+        splits = self._by_usage(path, faces, table["Usage"][kept].to_numpy())
+        return FaceSplits(**splits, skipped=skipped)
+
+    def _field_problems(self, table: pd.DataFrame, codes: pd.Series) -> pd.Series:
+        """Per row, what is wrong with its emotion or Usage field (None when both are fine)."""
+        usage, emotion = table["Usage"], table["emotion"]
+        reasons = pd.Series(None, index=table.index, dtype=object)
+        odd = ~usage.isin(self.usages)
+        reasons[odd] = [f"unknown Usage {u!r}" if u else "empty Usage field" for u in usage[odd]]
+        odd = ~codes.isin(range(len(FER2013_CLASSES)))
+        reasons[odd] = [
+            _emotion_problem(e, c) for e, c in zip(emotion[odd], codes[odd], strict=True)
+        ]
+        return reasons
+
+    def _hint(self) -> str:
+        return (
+            f"Each row needs an emotion code 0..6, {self.image_size**2} pixel values 0..255 "
+            f"and a Usage in {self.usages}."
         )
 
-    def _split(self, path: Path, table: pd.DataFrame, usage: str) -> Faces:
-        rows = table[table["Usage"] == usage]
-        if rows.empty:
-            raise DataError(f"{path}: no rows with Usage={usage!r} for classes {self.classes}")
-        pixels_per_image = self.image_size * self.image_size
-        counts = rows["pixels"].str.count(" ") + 1
-        bad = rows.index[counts != pixels_per_image]
-        if len(bad):
-            lines = ", ".join(str(i + 2) for i in bad[:20])
-            raise DataError(
-                f"{path}: {len(bad)} row(s) do not have {pixels_per_image} pixel values "
-                f"(lines {lines}); fix or remove them"
-            )
-        flat = np.fromstring(" ".join(rows["pixels"].tolist()), dtype=np.uint8, sep=" ")
-        images = flat.reshape(len(rows), self.image_size, self.image_size)
-        code_to_label = {code: label for label, code in enumerate(self.codes)}
-        labels = rows["emotion"].map(code_to_label).to_numpy(dtype=np.int64)
-        return Faces(images, labels)
+    def _by_usage(self, path: Path, faces: Faces, usages: np.ndarray) -> dict[str, Faces]:
+        """Each split's faces. An empty split is an error whatever dataset.on_bad_data says:
+        there would be nothing to fit or to score."""
+        splits = {}
+        for split, usage in self.splits.items():
+            splits[split] = faces.subset(np.flatnonzero(usages == usage))
+            if not len(splits[split]):
+                raise DataError(
+                    f"{path}: the {split} split is empty: no usable rows with Usage={usage!r} "
+                    f"for classes {self.classes}; check dataset.splits and dataset.classes"
+                )
+        return splits
+
+
+def _emotion_problem(text: str, code: float) -> str:
+    if not text:
+        return "empty emotion field"
+    if np.isnan(code):
+        return f"non-numeric emotion code {text!r}"
+    return f"unknown emotion code {text}"
 
 
 class FER2013Folder:
@@ -114,6 +163,13 @@ class FER2013Folder:
 
     It has no validation split, so a seeded, stratified `val_fraction` of train is held out.
     Class folders match `classes` case-insensitively; folders of other classes are skipped.
+
+    Each file in a class folder is decoded once at load. Bad files (not an image, unreadable,
+    truncated, a file name seen before) stop the load or, with `on_bad_data="skip"`, are left
+    out and listed in `FaceSplits.skipped`. Hidden files (.DS_Store, ._*) are ignored. File
+    names are unique in the Kaggle release, so a repeated name is the same face twice: within
+    a split it counts double, and a train copy of a test face leaks the test set (the train
+    copy is the one reported).
     """
 
     def __init__(
@@ -123,35 +179,47 @@ class FER2013Folder:
         name: str = "fer2013",
         val_fraction: float = 0.1,
         seed: int = 0,
+        on_bad_data: str = "error",
     ) -> None:
         self.path = Path(path).expanduser()
         self.name = name
         self.classes = list(classes)
         self.val_fraction = val_fraction
         self.seed = seed
+        self.on_bad_data = check_policy(on_bad_data)
 
     def load(self) -> FaceSplits:
         root = _existing(self.path, [])
-        train = self._read(root / "train")
+        entries, not_images = self._list(root)
+        entries, duplicates = without_duplicates(entries, key=lambda entry: entry.path.name)
+        entries, unreadable = without_unreadable(entries)
+        bad = sorted(not_images + duplicates + unreadable, key=lambda item: item.source)
+        skipped = enforce_policy(bad, self.on_bad_data, str(root))
+        train, test = (self._faces(root, split, entries, skipped) for split in ("train", "test"))
         train, val = split_off(train, self.val_fraction, self.seed)
-        return FaceSplits(train=train, val=val, test=self._read(root / "test"))
+        return FaceSplits(train=train, val=val, test=test, skipped=skipped)
 
-    def _read(self, folder: Path) -> Faces:
-        if not folder.is_dir():
-            raise DataError(
-                f"{folder}: missing; the folder release has train/ and test/. {HOW_TO_GET}"
-            )
-        subfolders = {p.name.lower(): p for p in folder.iterdir() if p.is_dir()}
-        files: list[Path] = []
-        labels: list[int] = []
-        for label, name in enumerate(self.classes):
-            if name.lower() not in subfolders:
+    def _list(self, root: Path) -> tuple[list[ImageEntry], list[BadItem]]:
+        """The images and the other files of test/, then train/: so of a file in both, the
+        train copy is the duplicate reported."""
+        entries: list[ImageEntry] = []
+        not_images: list[BadItem] = []
+        for split in ("test", "train"):
+            if not (root / split).is_dir():
                 raise DataError(
-                    f"{folder}: no folder for class {name!r} (found {sorted(subfolders)})"
+                    f"{root / split}: missing; the folder release has train/ and test/. "
+                    + HOW_TO_GET
                 )
-            images = sorted(
-                p for p in subfolders[name.lower()].iterdir() if p.suffix.lower() in IMAGE_SUFFIXES
-            )
-            files += images
-            labels += [label] * len(images)
-        return Faces(files, np.array(labels, dtype=np.int64))
+            found, others = list_class_folders(root / split, self.classes, split)
+            entries += found
+            not_images += others
+        return entries, not_images
+
+    def _faces(
+        self, root: Path, split: str, entries: list[ImageEntry], skipped: list[BadItem]
+    ) -> Faces:
+        mine = [entry for entry in entries if entry.split == split]
+        labels = np.array([entry.label for entry in mine], dtype=np.int64)
+        left_out = sum(item.split == split for item in skipped)
+        require_images_per_class(labels, self.classes, str(root / split), left_out)
+        return Faces([entry.path for entry in mine], labels)

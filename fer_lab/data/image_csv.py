@@ -1,13 +1,32 @@
 """A CSV of `image,label` rows plus an image folder, like the muxspace set of seed 002."""
 
+import logging
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from fer_lab.data.faces import Faces, FaceSplits, split_off
+from fer_lab.data.faces import (
+    BadItem,
+    Faces,
+    FaceSplits,
+    ImageEntry,
+    split_off,
+    without_duplicates,
+    without_unreadable,
+)
+from fer_lab.data.validation import (
+    check_policy,
+    enforce_policy,
+    read_csv_rows,
+    require_columns,
+    require_images_per_class,
+)
 from fer_lab.errors import DataError
+
+log = logging.getLogger(__name__)
 
 
 class ImageFolderCSV:
@@ -16,6 +35,10 @@ class ImageFolderCSV:
     Labels are matched to `classes` after lower-casing and stripping. Image paths are
     relative to the CSV's folder unless `image_root` is given. Splits follow seed 002: a
     seeded `val_fraction` of all rows, then `test_fraction` of the rest, stratified by class.
+
+    Each image is decoded once at load. Bad rows (an unknown label, a missing, unreadable or
+    truncated image, an image listed again) stop the load or, with `on_bad_data="skip"`, are
+    left out and listed in `FaceSplits.skipped`.
     """
 
     def __init__(
@@ -29,6 +52,7 @@ class ImageFolderCSV:
         val_fraction: float = 0.1,
         test_fraction: float = 0.05,
         seed: int = 0,
+        on_bad_data: str = "error",
     ) -> None:
         self.path = Path(path).expanduser()
         self.name = name
@@ -39,6 +63,7 @@ class ImageFolderCSV:
         self.val_fraction = val_fraction
         self.test_fraction = test_fraction
         self.seed = seed
+        self.on_bad_data = check_policy(on_bad_data)
 
     def load(self) -> FaceSplits:
         if not self.path.is_file():
@@ -47,30 +72,53 @@ class ImageFolderCSV:
                 "muxspace facial_expressions set: data/legend.csv, with "
                 "dataset.image_root=.../images)"
             )
-        table = pd.read_csv(self.path, dtype=str)
-        for column in (self.image_column, self.label_column):
-            if column not in table.columns:
-                raise DataError(
-                    f"{self.path}: no column {column!r} (columns: {list(table.columns)}); "
-                    f"set dataset.image_column / dataset.label_column"
-                )
-        labels = table[self.label_column].str.strip().str.lower()
-        lookup = {name: i for i, name in enumerate(self.classes)}
-        unknown = table.index[~labels.isin(lookup)]
-        if len(unknown):
-            examples = ", ".join(
-                f"line {i + 2}: {table.at[i, self.label_column]!r}" for i in unknown[:20]
-            )
-            raise DataError(
-                f"{self.path}: {len(unknown)} label(s) not in dataset.classes {self.classes} "
-                f"({examples}); add the class or fix the rows"
-            )
-        files = [self.image_root / name for name in table[self.image_column]]
-        missing = [(i, f) for i, f in enumerate(files) if not f.is_file()]
-        if missing:
-            examples = ", ".join(f"line {i + 2}: {f}" for i, f in missing[:20])
-            raise DataError(f"{self.path}: {len(missing)} image(s) not found ({examples})")
-        faces = Faces(files, labels.map(lookup).to_numpy(dtype=np.int64))
+        table, lines, bad = read_csv_rows(self.path)
+        columns = (self.image_column, self.label_column)
+        require_columns(
+            self.path, table, columns, "set dataset.image_column / dataset.label_column"
+        )
+        listed, unlabelled = self._entries(table, lines)
+        entries, duplicates = without_duplicates(listed, key=lambda e: os.path.normpath(e.path))
+        entries, unreadable = without_unreadable(entries)
+        bad = sorted(bad + unlabelled + duplicates + unreadable, key=lambda item: item.line)
+        hint = f"dataset.classes: {self.classes}."
+        skipped = enforce_policy(bad, self.on_bad_data, str(self.path), hint)
+        labels = np.array([entry.label for entry in entries], dtype=np.int64)
+        self._check_classes({entry.label for entry in listed}, labels, len(skipped))
+        faces = Faces([entry.path for entry in entries], labels)
         rest, val = split_off(faces, self.val_fraction, self.seed)
         train, test = split_off(rest, self.test_fraction, self.seed + 1)
-        return FaceSplits(train=train, val=val, test=test)
+        return FaceSplits(train=train, val=val, test=test, skipped=skipped)
+
+    def _entries(
+        self, table: pd.DataFrame, lines: np.ndarray
+    ) -> tuple[list[ImageEntry], list[BadItem]]:
+        """An entry per row naming an image and a class; the other rows as bad items."""
+        lookup = {name: i for i, name in enumerate(self.classes)}
+        entries: list[ImageEntry] = []
+        bad: list[BadItem] = []
+        rows = zip(table[self.image_column], table[self.label_column], lines.tolist(), strict=True)
+        for image, label, line in rows:
+            code = lookup.get(label.strip().lower())
+            reason = _row_problem(image, label, code)
+            if reason:
+                bad.append(BadItem(str(self.path), line, None, reason))
+            else:
+                entries.append(ImageEntry(self.image_root / image, code, None, line))
+        return entries, bad
+
+    def _check_classes(self, listed: set[int], labels: np.ndarray, left_out: int) -> None:
+        """A class the CSV lists must keep an image; one it never lists is only worth a warning
+        (the model gets an output it never learns), as the seed's class list allows it."""
+        never = [name for label, name in enumerate(self.classes) if label not in listed]
+        if never:
+            log.warning("%s: no rows for class(es) %s", self.path, never)
+        require_images_per_class(labels, self.classes, str(self.path), left_out, among=listed)
+
+
+def _row_problem(image: str, label: str, code: int | None) -> str | None:
+    if not image.strip():
+        return "empty image field"
+    if not label.strip():
+        return "empty label"
+    return None if code is not None else f"{label!r} is not in dataset.classes"
