@@ -1,0 +1,82 @@
+"""A trained fer_lab checkpoint, rebuilt on its own: network, classes and input pipeline.
+
+Every checkpoint carries the resolved training config (`fer_lab_config`) and class names
+(`fer_lab_classes`), so evaluation, prediction and visualisation need nothing but its path
+and see images exactly as the model did in training (size, channels, normalisation).
+"""
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import albumentations as A
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from fer_lab.data.transforms import build_transforms
+from fer_lab.errors import ConfigError
+from fer_lab.models import FERNet
+
+
+@dataclass
+class TrainedModel:
+    net: FERNet
+    classes: list[str]
+    config: DictConfig
+    path: Path
+
+    @property
+    def image_size(self) -> int:
+        return int(self.config.model.input_size)
+
+    @property
+    def channels(self) -> int:
+        return int(self.config.model.in_channels)
+
+    def eval_transform(self) -> A.Compose:
+        """Resize and normalise as in training, without augmentation: uint8 HxWxC -> tensor."""
+        preprocess = instantiate(self.config.preprocess)
+        return build_transforms(self.image_size, [], preprocess)[1]
+
+    def mlflow_run_id(self) -> str | None:
+        """The training run's id, from `run_state.json` beside the checkpoints folder."""
+        from fer_lab.resume import read_state
+
+        return read_state(self.path.parent.parent).get("mlflow_run_id")
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """The raw checkpoint dict, or a ConfigError naming `ckpt_path` and what is wrong."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"ckpt_path={path}: no such file")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as error:  # torch raises several types for a file that is not a checkpoint
+        raise ConfigError(f"ckpt_path={path}: not a readable checkpoint ({error})") from error
+    if "fer_lab_config" not in checkpoint or "state_dict" not in checkpoint:
+        raise ConfigError(
+            f"ckpt_path={path}: not a fer_lab training checkpoint (no fer_lab_config); use one "
+            "from a run's checkpoints/ folder"
+        )
+    return checkpoint
+
+
+def load_trained(path: str | Path) -> TrainedModel:
+    """The network of a training checkpoint with its weights, in eval mode."""
+    checkpoint = read_checkpoint(path)
+    config = OmegaConf.create(checkpoint["fer_lab_config"])
+    model_config = OmegaConf.to_container(config.model)
+    if "pretrained" in model_config:  # the checkpoint has the weights: download nothing
+        model_config.update(pretrained=False, weights_path=None)
+    net = instantiate(model_config)
+    prefix = "net."
+    weights = {
+        key[len(prefix) :]: value
+        for key, value in checkpoint["state_dict"].items()
+        if key.startswith(prefix)
+    }
+    net.load_state_dict(weights)
+    net.eval()
+    return TrainedModel(net, list(checkpoint["fer_lab_classes"]), config, Path(path))
