@@ -9,10 +9,10 @@ from fer_lab.models.tf_emotion import TFEmotionCNN
 from fer_lab.models.vgg16_transfer import VGG16Transfer
 
 __all__ = [
+    "FERVGG",
     "CNTKNet",
     "ConvNet0",
     "FERNet",
-    "FERVGG",
     "NouriNet",
     "SeedConvNet",
     "TFEmotionCNN",
