@@ -2,6 +2,7 @@
 
 import logging
 import os
+import platform
 import subprocess
 from dataclasses import asdict
 from pathlib import Path
@@ -10,6 +11,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytorch_lightning as pl
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from matplotlib.figure import Figure
@@ -19,9 +21,11 @@ from torch import nn
 
 import fer_lab
 from fer_lab.data.faces import BadItem
+from fer_lab.figures import write_class_histogram, write_learning_curves, write_most_confused
 from fer_lab.mlflow_logger import FERMLflowLogger
 from fer_lab.models import count_parameters
-from fer_lab.module import FERLitModule
+from fer_lab.module import SPLITS, FERLitModule
+from fer_lab.protocol import protocol_tags
 from fer_lab.sweep_runs import PARENT_RUN_ENV, logs_to_mlflow
 
 log = logging.getLogger(__name__)
@@ -40,6 +44,13 @@ def git_commit() -> str:
     except (OSError, subprocess.TimeoutExpired):
         return "unknown"
     return result.stdout.strip() if result.returncode == 0 else "unknown"
+
+
+def describe_hardware() -> str:
+    """The device a run trains on, for results tables: GPU name, or CPU cores and machine."""
+    if torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name(0)} x{torch.cuda.device_count()}"
+    return f"CPU {os.cpu_count()} cores {platform.machine()}"
 
 
 def build_logger(cfg: DictConfig, run_id: str | None = None) -> Logger:
@@ -91,7 +102,9 @@ def run_identity(cfg: DictConfig) -> tuple[str, dict[str, str]]:
         "fer_lab_version": fer_lab.__version__,
         "hydra_overrides": " ".join(hydra_cfg.overrides.task) or "(none)",
         "output_dir": hydra_cfg.runtime.output_dir,
+        "hardware": describe_hardware(),
     }
+    tags.update(protocol_tags(cfg))
     if cfg.get("experiment_tag"):
         tags["experiment"] = str(cfg.experiment_tag)
     parent = sweep.get("parent_run_id") or os.environ.get(PARENT_RUN_ENV)
@@ -175,12 +188,38 @@ def write_confusion_matrix(
 
 
 class RunArtifacts(pl.Callback):
-    """Writes confusion matrices (best validation epoch, test) and uploads them with the best
-    checkpoint to MLflow; with other loggers the files stay in `output_dir`."""
+    """Writes confusion matrices (best validation epoch, test), class histograms, learning
+    curves and the most confused validation images, and uploads them with the best checkpoint
+    to MLflow; with other loggers the files stay in `output_dir`.
 
-    def __init__(self, output_dir: str, title: str = "") -> None:
+    Per-epoch losses and accuracies live in this callback's state, which Lightning saves in
+    every checkpoint, so a resumed run's curves have all its epochs, whatever the logger.
+    """
+
+    def __init__(self, output_dir: str, title: str = "", max_misclassified: int = 16) -> None:
         self.output_dir = Path(output_dir) / "artifacts"
         self.title = title
+        self.max_misclassified = max_misclassified
+        self.history: dict[int, dict[str, float]] = {}  # epoch -> train/val loss and acc
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": self.history}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.history = state_dict["history"]
+
+    def _record(self, trainer: pl.Trainer, split: str) -> None:
+        row = self.history.setdefault(trainer.current_epoch, {})
+        for name in (f"{split}/loss", f"{split}/acc"):
+            if name in trainer.callback_metrics:
+                row[name] = float(trainer.callback_metrics[name])
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: FERLitModule) -> None:
+        self._record(trainer, "train")  # Lightning saves checkpoints after this: last.ckpt has it
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: FERLitModule) -> None:
+        if not trainer.sanity_checking:
+            self._record(trainer, "val")
 
     def _upload(self, trainer: pl.Trainer, paths: list[Path], artifact_path: str) -> None:
         if not trainer.is_global_zero:
@@ -190,18 +229,41 @@ class RunArtifacts(pl.Callback):
                 for path in paths:
                     logger.upload_artifact(path, artifact_path)
 
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: FERLitModule) -> None:
+        if trainer.is_global_zero:
+            counts = {split: trainer.datamodule.class_counts(split) for split in SPLITS}
+            stem = self.output_dir / "class_histogram"
+            paths = write_class_histogram(counts, pl_module.class_names, stem, self.title)
+            self._upload(trainer, paths, "figures")
+
     def on_fit_end(self, trainer: pl.Trainer, pl_module: FERLitModule) -> None:
-        if pl_module.best_val_confusion is not None:
-            paths = write_confusion_matrix(
-                pl_module.best_val_confusion.numpy(),
-                pl_module.class_names,
-                self.output_dir / "confusion_matrix_val_best",
-                f"{self.title}: validation, best epoch",
-            )
-            self._upload(trainer, paths, "confusion_matrices")
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
         if best:
             self._upload(trainer, [Path(best)], "checkpoints")
+        if not trainer.is_global_zero:
+            return
+        paths = write_learning_curves(self.history, self.output_dir / "learning_curves", self.title)
+        self._upload(trainer, paths, "figures")
+        if pl_module.best_val_confusion is None:
+            return
+        confusion = pl_module.best_val_confusion.numpy()
+        title = f"{self.title}: validation, best epoch"
+        stem = self.output_dir / "confusion_matrix_val_best"
+        paths = write_confusion_matrix(confusion, pl_module.class_names, stem, title)
+        self._upload(trainer, paths, "confusion_matrices")
+        if best:  # on the root device: after fit, Lightning has moved the module to the CPU
+            paths = write_most_confused(
+                pl_module.net,
+                best,
+                trainer.datamodule.val_dataloader(),
+                confusion,
+                pl_module.class_names,
+                self.output_dir / "misclassified_val_best",
+                title,
+                self.max_misclassified,
+                trainer.strategy.root_device,
+            )
+            self._upload(trainer, paths, "figures")
 
     def on_test_end(self, trainer: pl.Trainer, pl_module: FERLitModule) -> None:
         if pl_module.test_confusion is not None:

@@ -64,6 +64,9 @@ def test_training_run_is_tracked_in_mlflow(tmp_path: Path, mlflow_client) -> Non
         assert f"confusion_matrices/confusion_matrix_{split}.csv" in artifacts
     assert "config.yaml" in artifacts
     assert any(a.startswith("checkpoints/") and a.endswith(".ckpt") for a in artifacts)
+    for figure in ("learning_curves", "class_histogram", "misclassified_val_best"):
+        assert f"figures/{figure}.png" in artifacts
+        assert f"figures/{figure}.csv" in artifacts
 
     local = Path(client.download_artifacts(run.info.run_id, "confusion_matrices", str(tmp_path)))
     with open(local / "confusion_matrix_test.csv") as f:
@@ -74,6 +77,26 @@ def test_training_run_is_tracked_in_mlflow(tmp_path: Path, mlflow_client) -> Non
     assert [sum(r) for r in counts] == [10] * 7
     diagonal = sum(counts[i][i] for i in range(7))
     assert diagonal / 70 == pytest.approx(metrics["test/acc"], abs=1e-6)
+
+    figures = Path(client.download_artifacts(run.info.run_id, "figures", str(tmp_path)))
+    with open(figures / "learning_curves.csv") as f:
+        curves = list(csv.DictReader(f))
+    assert [int(row["epoch"]) for row in curves] == [0, 1]
+    val_acc = [m.value for m in client.get_metric_history(run.info.run_id, "val/acc")]
+    assert [float(row["val/acc"]) for row in curves] == pytest.approx(val_acc)
+    with open(figures / "class_histogram.csv") as f:
+        histogram = list(csv.DictReader(f))
+    assert [(r["train"], r["val"], r["test"]) for r in histogram] == [("40", "10", "10")] * 7
+    with open(local / "confusion_matrix_val_best.csv") as f:
+        val_counts = [[int(v) for v in row[1:]] for row in list(csv.reader(f))[1:]]
+    errors = {(t, p): n for t, row in enumerate(val_counts) for p, n in enumerate(row) if t != p}
+    true, predicted = max(errors, key=errors.get)
+    with open(figures / "misclassified_val_best.csv") as f:
+        shown = list(csv.DictReader(f))
+    assert len(shown) == min(16, errors[true, predicted])  # the best weights, all of val
+    classes = rows[0][1:]
+    assert {(r["true"], r["predicted"]) for r in shown} == {(classes[true], classes[predicted])}
+    assert all(float(r["p_predicted"]) >= float(r["p_true"]) for r in shown)
 
 
 def test_short_run_learns_the_synthetic_faces(tmp_path: Path) -> None:
@@ -112,6 +135,9 @@ def test_csv_logger_keeps_metrics_and_confusion_matrices_locally(tmp_path: Path)
     (output,) = tmp_path.glob("logs/train/runs/*")
     assert (output / "artifacts" / "confusion_matrix_test.csv").is_file()
     assert (output / "artifacts" / "confusion_matrix_val_best.png").is_file()
+    for figure in ("learning_curves", "class_histogram"):
+        assert (output / "artifacts" / f"{figure}.png").is_file()
+        assert (output / "artifacts" / f"{figure}.csv").is_file()
     with open(next(output.glob("csv/version_0/metrics.csv"))) as f:
         assert "val/acc_best" in next(csv.reader(f))
     assert not (tmp_path / "mlflow.db").exists()
