@@ -30,7 +30,7 @@ from torchmetrics.functional.classification import (
 )
 from torchvision.transforms.v2.functional import ten_crop
 
-from fer_lab.tracking import write_confusion_matrix
+from fer_lab.artifacts import write_confusion_matrix
 
 TTA_MODES = ("none", "hflip", "tencrop")
 

@@ -14,6 +14,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from fer_lab.artifacts import RunArtifacts
 from fer_lab.figures import (
     find_misclassified,
     most_confused_pair,
@@ -24,7 +25,6 @@ from fer_lab.figures import (
     write_most_confused,
 )
 from fer_lab.module import FERLitModule
-from fer_lab.tracking import RunArtifacts
 
 from .helpers import compose_config
 

@@ -6,7 +6,8 @@ import numpy as np
 import pandas as pd
 from omegaconf import OmegaConf
 
-from fer_lab.tracking import _is_bookkeeping, flatten_config, write_confusion_matrix
+from fer_lab.artifacts import write_confusion_matrix
+from fer_lab.tracking import _is_bookkeeping, flatten_config
 
 
 def test_flatten_config_uses_slashes_and_skips_repeated_nodes() -> None:
