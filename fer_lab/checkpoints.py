@@ -11,7 +11,7 @@ from typing import Any
 
 import albumentations as A
 import torch
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from fer_lab.data.transforms import build_transforms
@@ -33,6 +33,13 @@ class TrainedModel:
     @property
     def channels(self) -> int:
         return int(self.config.model.in_channels)
+
+    @property
+    def colour(self) -> bool:
+        """Whether the model was trained on colour images (a 3-channel model trained on grey
+        FER2013 saw the grey value three times, and photos must be shown to it that way)."""
+        source = get_class(self.config.dataset._target_)
+        return self.channels == 3 and getattr(source, "colour", True)
 
     def eval_transform(self) -> A.Compose:
         """Resize and normalise as in training, without augmentation: uint8 HxWxC -> tensor."""

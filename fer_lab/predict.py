@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from fer_lab.checkpoints import TrainedModel, load_trained
 from fer_lab.config import CONFIG_PATH
-from fer_lab.data.faces import IMAGE_SUFFIXES, image_problem, read_image
+from fer_lab.data.faces import IMAGE_SUFFIXES, image_problem, read_image, to_channels
 from fer_lab.errors import ConfigError, FERLabError
 from fer_lab.face_detection import Box, FaceDetector, crop_face
 
@@ -59,6 +59,7 @@ class FacePredictor:
         self.net = trained.net.to(device)
         self.transform = trained.eval_transform()
         self.channels = trained.channels
+        self.colour = trained.colour
         self.detector = detector
         self.margin = margin
         self.device = device
@@ -67,7 +68,7 @@ class FacePredictor:
         """(box, probabilities) per face of a uint8 HxWx3 photo; without a detector the whole
         photo is the one face (resized as the training loaders resize whole images)."""
         grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
-        model_input = grey[:, :, None] if self.channels == 1 else rgb
+        model_input = rgb if self.colour else to_channels(grey, self.channels)
         if self.detector is None:
             boxes = [Box(0, 0, rgb.shape[1], rgb.shape[0])]
             crops = [model_input]

@@ -132,11 +132,17 @@ def test_unreadable_file_gets_a_row_and_a_warning(
     assert "broken.jpg: could not be read" in caplog.text
 
 
-def test_rgb_models_get_colour_crops_of_their_input_size(
-    trained_checkpoint: Path, photos: Path
+@pytest.mark.parametrize(
+    ("dataset", "colour"),
+    [("fer_lab.data.image_csv.ImageFolderCSV", True), ("fer_lab.data.fer2013.FER2013CSV", False)],
+)
+def test_rgb_models_see_photos_as_their_training_images_were(
+    trained_checkpoint: Path, photos: Path, dataset: str, colour: bool
 ) -> None:
+    """Colour crops for a model trained on colour photos; grey x3 for one trained on FER2013."""
     trained = load_trained(trained_checkpoint)
     trained.config.model.in_channels = 3  # untrained RGB convnet0: only the input matters here
+    trained.config.dataset._target_ = dataset
     trained.net = instantiate(trained.config.model).eval()
     inputs = []
     trained.net.register_forward_hook(lambda _net, args, _out: inputs.append(args[0]))
@@ -144,7 +150,7 @@ def test_rgb_models_get_colour_crops_of_their_input_size(
     ((_, probabilities),) = predictor(read_image(photos / "colour.jpg", 3))
     (batch,) = inputs
     assert batch.shape == (1, 3, 48, 48)
-    assert not torch.equal(batch[0, 0], batch[0, 2])  # colour, not grey repeated
+    assert torch.equal(batch[0, 0], batch[0, 2]) is not colour
     assert probabilities.sum() == pytest.approx(1, abs=1e-5)
 
 

@@ -24,6 +24,7 @@ class FaceSource(Protocol):
 
     name: str
     classes: Sequence[str]
+    colour: bool  # whether its images have colour (else models with 3 channels see grey x3)
 
     def load(self) -> FaceSplits: ...
 

@@ -64,6 +64,8 @@ class FER2013CSV:
     only in the rows training would use.
     """
 
+    colour = False  # greyscale faces: colour models see the grey value three times
+
     def __init__(
         self,
         path: str,
@@ -171,6 +173,8 @@ class FER2013Folder:
     a split it counts double, and a train copy of a test face leaks the test set (the train
     copy is the one reported).
     """
+
+    colour = False  # greyscale faces: colour models see the grey value three times
 
     def __init__(
         self,

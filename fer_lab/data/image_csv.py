@@ -41,6 +41,8 @@ class ImageFolderCSV:
     left out and listed in `FaceSplits.skipped`.
     """
 
+    colour = True  # photos in colour
+
     def __init__(
         self,
         path: str,

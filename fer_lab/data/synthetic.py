@@ -213,6 +213,8 @@ class SyntheticFaces:
     `classes` may be a subset of `EXPRESSIONS`; labels follow its order.
     """
 
+    colour = False  # greyscale drawings
+
     def __init__(
         self,
         classes: Sequence[str] = EXPRESSIONS,
