@@ -5,7 +5,6 @@ final evaluations sit in one MLflow row; `mlflow_run=new` gives the evaluation i
 """
 
 import logging
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +12,6 @@ from pathlib import Path
 import hydra
 import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, Run, RunTag
@@ -22,11 +20,12 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
 from fer_lab.checkpoints import TrainedModel, load_trained
+from fer_lab.cli import run, user_errors_exit_2
 from fer_lab.config import CONFIG_PATH
-from fer_lab.config_checks import check_choices, check_classes
+from fer_lab.config_checks import check_classes
 from fer_lab.data.datamodule import FaceSource
 from fer_lab.data.faces import FaceDataset
-from fer_lab.errors import ConfigError, FERLabError
+from fer_lab.errors import ConfigError
 from fer_lab.stores import prepare_tracking_store
 from fer_lab.tracking import git_commit
 from fer_lab.tta import TTA_MODES, Scores, predict_proba, score, write_reports
@@ -183,16 +182,9 @@ def create_eval_run(
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="eval")
 def main(cfg: DictConfig) -> None:
-    try:
+    with user_errors_exit_2():
         evaluate(cfg, Path(HydraConfig.get().runtime.output_dir))
-    except (FERLabError, InstantiationException) as error:
-        cause = error if isinstance(error, FERLabError) else error.__cause__
-        if not isinstance(cause, FERLabError):
-            raise
-        log.error("%s", cause)
-        sys.exit(2)
 
 
 if __name__ == "__main__":
-    check_choices(sys.argv[1:])
-    main()
+    run(main)

@@ -8,7 +8,6 @@ import csv
 import glob
 import logging
 import os
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,9 +18,10 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from fer_lab.checkpoints import TrainedModel, load_trained
+from fer_lab.cli import run, user_errors_exit_2
 from fer_lab.config import CONFIG_PATH
 from fer_lab.data.faces import IMAGE_SUFFIXES, image_problem, read_image, to_channels
-from fer_lab.errors import ConfigError, FERLabError
+from fer_lab.errors import ConfigError
 from fer_lab.face_detection import Box, FaceDetector, crop_face
 
 log = logging.getLogger(__name__)
@@ -179,12 +179,9 @@ def predict(cfg: DictConfig) -> dict[str, int]:
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="predict")
 def main(cfg: DictConfig) -> None:
-    try:
+    with user_errors_exit_2():
         predict(cfg)
-    except FERLabError as error:
-        log.error("%s", error)
-        sys.exit(2)
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -1,21 +1,18 @@
 """`python -m fer_lab.train`: compose the config, train, test, and return the optimised metric."""
 
 import logging
-import sys
 
 import hydra
 import optuna
 import pytorch_lightning as pl
-from hydra.core.hydra_config import HydraConfig
 from hydra.core.plugins import Plugins
-from hydra.errors import InstantiationException
-from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
+from fer_lab.cli import run, user_errors_exit_2
 from fer_lab.config import CONFIG_PATH
-from fer_lab.config_checks import check_choices, check_classes, check_forward, check_values
+from fer_lab.config_checks import check_classes, check_forward, check_values
 from fer_lab.errors import FERLabError
 from fer_lab.module import FERLitModule
 from fer_lab.resume import find_resume_point, write_state
@@ -116,17 +113,9 @@ def train(cfg: DictConfig) -> float:
 def main(cfg: DictConfig) -> float:
     if cfg.get("print_config"):
         log.info("Config:\n%s", OmegaConf.to_yaml(cfg, resolve=True))
-    try:
+    with user_errors_exit_2():
         return train(cfg)
-    except (FERLabError, InstantiationException) as error:
-        cause = error if isinstance(error, FERLabError) else error.__cause__
-        # In a sweep the sweeper records the failed trial and carries on.
-        if not isinstance(cause, FERLabError) or HydraConfig.get().mode == RunMode.MULTIRUN:
-            raise
-        log.error("%s", cause)
-        sys.exit(2)
 
 
 if __name__ == "__main__":
-    check_choices(sys.argv[1:])
-    main()
+    run(main)

@@ -8,7 +8,6 @@ the PNGs go to the checkpoint's MLflow training run, beside its confusion matric
 
 import logging
 import math
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from fer_lab.checkpoints import TrainedModel, load_trained
+from fer_lab.cli import run, user_errors_exit_2
 from fer_lab.config import CONFIG_PATH
 from fer_lab.data.faces import image_problem, read_image, to_channels
 from fer_lab.errors import ConfigError, FERLabError
@@ -239,15 +239,11 @@ def visualize(
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="visualize")
 def main(cfg: DictConfig) -> None:
-    """Problems a user can fix exit with code 2 and one line; tracebacks are for real bugs."""
-    try:
+    with user_errors_exit_2():
         if cfg.ckpt_path is None:
             raise ConfigError("ckpt_path= is required: a .ckpt from a training run's checkpoints/")
         visualize(cfg.ckpt_path, cfg.output_dir, cfg.image, cfg.max_channels, cfg.tracking_uri)
-    except FERLabError as error:
-        log.error("%s", error)
-        sys.exit(2)
 
 
 if __name__ == "__main__":
-    main()
+    run(main)
