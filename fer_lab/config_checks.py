@@ -1,13 +1,12 @@
-"""Checks that turn impossible configs into one-line errors before any data or weights load."""
+"""Checks that turn impossible configs into one-line errors before any data or weights load
+(torch-free, so they run before the training code is imported)."""
 
 import sys
 from collections.abc import Callable, Sequence
 from importlib.resources import files
 from pathlib import Path
 
-import torch
 from omegaconf import DictConfig
-from torch import nn
 
 from fer_lab.errors import ConfigError
 
@@ -52,28 +51,6 @@ def check_values(cfg: DictConfig) -> None:
                 f"model.{model_key}={cfg.model[model_key]}; leave data.{data_key} at its "
                 f"default (${{model.{model_key}}}) or choose another model"
             )
-
-
-def check_forward(net: nn.Module, channels: int, size: int, num_classes: int, model: str) -> None:
-    """One blank image through the network: a size the architecture cannot take fails here,
-    with the key to change, instead of deep inside the first training step."""
-    was_training = net.training
-    net.eval()
-    try:
-        with torch.no_grad():
-            logits = net(torch.zeros(1, channels, size, size))
-    except RuntimeError as error:
-        raise ConfigError(
-            f"model {model} cannot take {channels}x{size}x{size} images (model.input_size="
-            f"{size}, model.in_channels={channels}): {str(error).splitlines()[0]}"
-        ) from error
-    finally:
-        net.train(was_training)
-    if tuple(logits.shape) != (1, num_classes):
-        raise ConfigError(
-            f"model {model} returns {tuple(logits.shape)} for one image; expected (1, "
-            f"{num_classes}) for dataset.classes"
-        )
 
 
 def check_classes(

@@ -8,18 +8,18 @@ import logging
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 from hydra.experimental.callback import Callback
-from hydra.utils import get_class
-from mlflow import MlflowClient
 from omegaconf import DictConfig
 from optuna.distributions import BaseDistribution
 from optuna.trial import TrialState
-from pytorch_lightning.loggers import MLFlowLogger
 
 from fer_lab.stores import prepare_tracking_store
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +29,11 @@ PARENT_RUN_ENV = "FER_LAB_PARENT_RUN_ID"
 
 
 def logs_to_mlflow(config: DictConfig) -> bool:
-    """Whether the composed config's `logger` is an MLflow logger."""
-    return issubclass(get_class(config.logger._target_), MLFlowLogger)
+    """Whether the composed config's `logger` logs to MLflow: it names a tracking store.
+
+    Read from the config, not the logger class, so Hydra's callback can check it without
+    importing Lightning on every start."""
+    return config.logger.get("tracking_uri") is not None
 
 
 class SweepRun:
@@ -39,7 +42,7 @@ class SweepRun:
     Re-running the same Optuna study reuses its parent run, so a resumed sweep stays one group.
     """
 
-    def __init__(self, client: MlflowClient | None = None, run_id: str | None = None) -> None:
+    def __init__(self, client: "MlflowClient | None" = None, run_id: str | None = None) -> None:
         self.client = client
         self.run_id = run_id
 
@@ -53,6 +56,8 @@ class SweepRun:
     ) -> "SweepRun":
         if not logs_to_mlflow(config):
             return cls()
+        from mlflow import MlflowClient  # only for a sweep: every `python -m` start stays light
+
         prepare_tracking_store(config.logger.tracking_uri)
         client = MlflowClient(config.logger.tracking_uri)
         name = config.logger.experiment_name

@@ -1,26 +1,20 @@
-"""`python -m fer_lab.train`: compose the config, train, test, and return the optimised metric."""
+"""`python -m fer_lab.train`: compose the config, train, test, and return the optimised metric.
+
+This module imports only what the checks need; Lightning and the training code load after
+them, so a mistyped value or an unreachable tracking server is reported in a second or two,
+not after ten seconds of imports.
+"""
 
 import logging
 
 import hydra
-import optuna
-import pytorch_lightning as pl
 from hydra.core.plugins import Plugins
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from fer_lab.cli import run, user_errors_exit_2
 from fer_lab.config import CONFIG_PATH
-from fer_lab.config_checks import check_classes, check_forward, check_values
-from fer_lab.errors import FERLabError
-from fer_lab.module import FERLitModule
-from fer_lab.resume import find_resume_point, write_state
-from fer_lab.run_control import NonFiniteLossError
+from fer_lab.config_checks import check_values
 from fer_lab.stores import prepare_tracking_store
-from fer_lab.sweep_runs import logs_to_mlflow
-from fer_lab.sweeps import OptunaPruning
-from fer_lab.tracking import build_logger, log_run_config, log_skipped_data, mark_run
 from hydra_plugins.fer_lab_optuna.sweeper import OptunaSweeper
 
 log = logging.getLogger(__name__)
@@ -30,83 +24,19 @@ log = logging.getLogger(__name__)
 Plugins.instance().register(OptunaSweeper)
 
 
-def train(cfg: DictConfig) -> float:
-    """Fit on train, select on val, test the best checkpoint once; return `cfg.optimized_metric`.
-
-    A stopped run (Ctrl-C, SIGTERM, SIGKILL, a crash) continues from its last epoch with
-    `resume=auto`, in the same output folder and MLflow run.
-    """
+def preflight(cfg: DictConfig) -> None:
+    """What can fail before any data or weights load: config values, the tracking store."""
     check_values(cfg)
-    if logs_to_mlflow(cfg):  # an unreachable server fails now, not after the data loads
+    if cfg.logger.get("tracking_uri"):
         prepare_tracking_store(cfg.logger.tracking_uri)
-    resume = find_resume_point(cfg)
-    if resume is not None:
-        cfg.paths.output_dir = str(resume.output_dir)
-        log.info("Resuming %s from %s", resume.output_dir, resume.checkpoint)
-    pl.seed_everything(cfg.seed, workers=True)
-    datamodule = instantiate(cfg.data)
-    datamodule.setup("fit")
-    net = instantiate(cfg.model)
-    check_forward(
-        net, cfg.model.in_channels, cfg.model.input_size, len(datamodule.classes), cfg.names.model
-    )
-    if resume is not None:
-        check_classes(resume.classes, datamodule.classes, resume.checkpoint)
-    module = FERLitModule(
-        net=net,
-        loss=instantiate(cfg.loss, class_counts=datamodule.class_counts("train")),
-        optimizer=instantiate(cfg.optimizer),
-        scheduler=instantiate(cfg.scheduler),
-        class_names=datamodule.classes,
-        config=OmegaConf.to_container(cfg, resolve=True),
-    )
-    logger = build_logger(cfg, run_id=resume.mlflow_run_id if resume else None)
-    callbacks = [instantiate(callback) for callback in cfg.callbacks.values()]
-    pruning = None
-    if cfg.get("sweep") and cfg.sweep.get("trial_id") is not None:
-        pruning = OptunaPruning.for_current_job(cfg.sweep.trial_id, cfg.optimized_metric)
-        callbacks.append(pruning)
-    trainer: pl.Trainer = instantiate(cfg.trainer, logger=logger, callbacks=callbacks)
-    if resume is None:
-        log_run_config(logger, cfg, net)
-        log_skipped_data(logger, datamodule.splits.skipped, cfg.paths.output_dir)
-    else:
-        mark_run(logger, "RUNNING")
-    run_id = getattr(logger, "run_id", None)
-    write_state(cfg.paths.output_dir, "running", run_id)
 
-    try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=resume.checkpoint if resume else None)
-    except SystemExit as stop:  # StopRequested, Lightning's SIGTERMException or its Ctrl-C exit
-        write_state(cfg.paths.output_dir, "stopped", run_id)
-        mark_run(logger, "KILLED", "stopped by a signal")
-        log.warning(
-            "Stopped; continue with the same command plus resume=auto (or resume=%s)",
-            cfg.paths.output_dir,
-        )
-        code = 143 if isinstance(stop, SIGTERMException) else stop.code
-        raise SystemExit(code if isinstance(code, int) and code > 1 else 130) from None
-    except NonFiniteLossError as error:
-        write_state(cfg.paths.output_dir, "failed", run_id)
-        mark_run(logger, "FAILED", str(error))
-        raise
-    if cfg.optimized_metric not in trainer.callback_metrics:
-        raise FERLabError(
-            f"optimized_metric={cfg.optimized_metric!r} was not logged; "
-            f"logged metrics: {sorted(trainer.callback_metrics)}"
-        )
-    score = float(trainer.callback_metrics[cfg.optimized_metric])
-    if pruning is not None and pruning.pruned_at is not None:
-        write_state(cfg.paths.output_dir, "finished", run_id)
-        raise optuna.TrialPruned(
-            f"pruned after epoch {pruning.pruned_at} ({cfg.optimized_metric}={score:.4f})"
-        )
-    if cfg.test:
-        best = "best" if trainer.checkpoint_callback else None
-        trainer.test(module, datamodule=datamodule, ckpt_path=best)
-    write_state(cfg.paths.output_dir, "finished", run_id)
-    log.info("%s = %.4f", cfg.optimized_metric, score)
-    return score
+
+def train(cfg: DictConfig) -> float:
+    """Check the config, then fit, select on val and test once; return the optimised metric."""
+    preflight(cfg)
+    from fer_lab.training import fit_and_test  # Lightning loads only for a config that passed
+
+    return fit_and_test(cfg)
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="train")

@@ -6,9 +6,10 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from fer_lab.config_checks import check_choices, check_classes, check_forward, check_values
+from fer_lab.config_checks import check_choices, check_classes, check_values
 from fer_lab.errors import ConfigError
 from fer_lab.models import ConvNet0
+from fer_lab.models.base import check_forward
 
 from .helpers import compose_config, run_cli
 

@@ -3,6 +3,8 @@
 import torch
 from torch import nn
 
+from fer_lab.errors import ConfigError
+
 
 class FERNet(nn.Module):
     """A classifier from `in_channels x input_size x input_size` images to `num_classes` scores.
@@ -43,3 +45,25 @@ def glorot_init(model: nn.Module) -> None:
         if isinstance(module, (nn.Conv2d, nn.Linear)):
             nn.init.xavier_uniform_(module.weight)
             nn.init.zeros_(module.bias)
+
+
+def check_forward(net: nn.Module, channels: int, size: int, num_classes: int, model: str) -> None:
+    """One blank image through the network: a size the architecture cannot take fails here,
+    with the key to change, instead of deep inside the first training step."""
+    was_training = net.training
+    net.eval()
+    try:
+        with torch.no_grad():
+            logits = net(torch.zeros(1, channels, size, size))
+    except RuntimeError as error:
+        raise ConfigError(
+            f"model {model} cannot take {channels}x{size}x{size} images (model.input_size="
+            f"{size}, model.in_channels={channels}): {str(error).splitlines()[0]}"
+        ) from error
+    finally:
+        net.train(was_training)
+    if tuple(logits.shape) != (1, num_classes):
+        raise ConfigError(
+            f"model {model} returns {tuple(logits.shape)} for one image; expected (1, "
+            f"{num_classes}) for dataset.classes"
+        )

@@ -8,7 +8,7 @@ storage until it holds `n_trials` finished trials. Trials train and validate onl
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 from hydra.core.config_store import ConfigStore
@@ -21,9 +21,10 @@ from omegaconf import DictConfig, OmegaConf
 from optuna.distributions import BaseDistribution
 from optuna.trial import TrialState
 
-from fer_lab.sweep_runs import SweepRun
-from fer_lab.sweeps import open_storage
 from hydra_plugins.fer_lab_optuna.search_space import format_override, parse_search_space
+
+if TYPE_CHECKING:
+    from fer_lab.sweep_runs import SweepRun
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +89,11 @@ class OptunaSweeper(Sweeper):
         self.sweep_dir = Path(config.hydra.sweep.dir)
 
     def sweep(self, arguments: list[str]) -> optuna.Study:
+        # Imported here so registering the plugin (on every `python -m fer_lab.train`) stays
+        # light: these pull in MLflow and Lightning.
+        from fer_lab.sweep_runs import SweepRun
+        from fer_lab.sweeps import open_storage
+
         space, fixed = parse_search_space(self.params, arguments)
         space = self._drop_absent_keys(space)
         study = optuna.create_study(

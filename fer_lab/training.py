@@ -1,0 +1,97 @@
+"""The training job behind `python -m fer_lab.train`: fit, select on val, test once."""
+
+import logging
+
+import optuna
+import pytorch_lightning as pl
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+from fer_lab.config_checks import check_classes
+from fer_lab.errors import FERLabError
+from fer_lab.models.base import check_forward
+from fer_lab.module import FERLitModule
+from fer_lab.resume import find_resume_point, write_state
+from fer_lab.run_control import NonFiniteLossError
+from fer_lab.sweeps import OptunaPruning
+from fer_lab.tracking import build_logger, log_run_config, log_skipped_data, mark_run
+
+log = logging.getLogger(__name__)
+
+
+def fit_and_test(cfg: DictConfig) -> float:
+    """Fit on train, select on val, test the best checkpoint once; return `cfg.optimized_metric`.
+
+    Expects a config that passed `fer_lab.train.preflight`. A stopped run (Ctrl-C, SIGTERM,
+    SIGKILL, a crash) continues from its last epoch with `resume=auto`, in the same output
+    folder and MLflow run.
+    """
+    resume = find_resume_point(cfg)
+    if resume is not None:
+        cfg.paths.output_dir = str(resume.output_dir)
+        log.info("Resuming %s from %s", resume.output_dir, resume.checkpoint)
+    pl.seed_everything(cfg.seed, workers=True)
+    datamodule = instantiate(cfg.data)
+    datamodule.setup("fit")
+    net = instantiate(cfg.model)
+    check_forward(
+        net, cfg.model.in_channels, cfg.model.input_size, len(datamodule.classes), cfg.names.model
+    )
+    if resume is not None:
+        check_classes(resume.classes, datamodule.classes, resume.checkpoint)
+    module = FERLitModule(
+        net=net,
+        loss=instantiate(cfg.loss, class_counts=datamodule.class_counts("train")),
+        optimizer=instantiate(cfg.optimizer),
+        scheduler=instantiate(cfg.scheduler),
+        class_names=datamodule.classes,
+        config=OmegaConf.to_container(cfg, resolve=True),
+    )
+    logger = build_logger(cfg, run_id=resume.mlflow_run_id if resume else None)
+    callbacks = [instantiate(callback) for callback in cfg.callbacks.values()]
+    pruning = None
+    if cfg.get("sweep") and cfg.sweep.get("trial_id") is not None:
+        pruning = OptunaPruning.for_current_job(cfg.sweep.trial_id, cfg.optimized_metric)
+        callbacks.append(pruning)
+    trainer: pl.Trainer = instantiate(cfg.trainer, logger=logger, callbacks=callbacks)
+    if resume is None:
+        log_run_config(logger, cfg, net)
+        log_skipped_data(logger, datamodule.splits.skipped, cfg.paths.output_dir)
+    else:
+        mark_run(logger, "RUNNING")
+    run_id = getattr(logger, "run_id", None)
+    write_state(cfg.paths.output_dir, "running", run_id)
+
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=resume.checkpoint if resume else None)
+    except SystemExit as stop:  # StopRequested, Lightning's SIGTERMException or its Ctrl-C exit
+        write_state(cfg.paths.output_dir, "stopped", run_id)
+        mark_run(logger, "KILLED", "stopped by a signal")
+        log.warning(
+            "Stopped; continue with the same command plus resume=auto (or resume=%s)",
+            cfg.paths.output_dir,
+        )
+        code = 143 if isinstance(stop, SIGTERMException) else stop.code
+        raise SystemExit(code if isinstance(code, int) and code > 1 else 130) from None
+    except NonFiniteLossError as error:
+        write_state(cfg.paths.output_dir, "failed", run_id)
+        mark_run(logger, "FAILED", str(error))
+        raise
+    if cfg.optimized_metric not in trainer.callback_metrics:
+        raise FERLabError(
+            f"optimized_metric={cfg.optimized_metric!r} was not logged; "
+            f"logged metrics: {sorted(trainer.callback_metrics)}"
+        )
+    score = float(trainer.callback_metrics[cfg.optimized_metric])
+    if pruning is not None and pruning.pruned_at is not None:
+        write_state(cfg.paths.output_dir, "finished", run_id)
+        raise optuna.TrialPruned(
+            f"pruned after epoch {pruning.pruned_at} ({cfg.optimized_metric}={score:.4f})"
+        )
+    if cfg.test:
+        best = "best" if trainer.checkpoint_callback else None
+        trainer.test(module, datamodule=datamodule, ckpt_path=best)
+    write_state(cfg.paths.output_dir, "finished", run_id)
+    log.info("%s = %.4f", cfg.optimized_metric, score)
+    return score
