@@ -55,7 +55,10 @@ def measured(client: MlflowClient, run: Run) -> str:
         return f"val loss {losses[-1].value:.3f}" if losses else "-"
     if "test/acc" not in metrics:
         return "-"
-    return f"{100 * metrics['test/acc']:.2f}% (val best {100 * metrics['val/acc_best']:.2f}%)"
+    text = f"{100 * metrics['test/acc']:.2f}% (val best {100 * metrics['val/acc_best']:.2f}%)"
+    if "eval/test/tencrop/acc" in metrics:  # python -m fer_lab.eval ... tta=tencrop
+        text += f"; ten-crop {100 * metrics['eval/test/tencrop/acc']:.2f}%"
+    return text
 
 
 def row(client: MlflowClient, run: Run) -> list[str]:
