@@ -10,7 +10,12 @@ import pandas as pd
 import pytorch_lightning as pl
 from matplotlib.figure import Figure
 
-from fer_lab.figures import write_class_histogram, write_learning_curves, write_most_confused
+from fer_lab.figures import (
+    save_png,
+    write_class_histogram,
+    write_learning_curves,
+    write_most_confused,
+)
 from fer_lab.mlflow_logger import FERMLflowLogger
 from fer_lab.module import SPLITS, FERLitModule
 
@@ -42,10 +47,7 @@ def write_confusion_matrix(
     for (row, col), count in np.ndenumerate(matrix):
         colour = "white" if count > threshold else "black"
         axes.text(col, row, str(count), ha="center", va="center", color=colour)
-    figure.tight_layout()
-    png_path = stem.with_suffix(".png")
-    figure.savefig(png_path, dpi=120)
-    return [csv_path, png_path]
+    return [csv_path, save_png(figure, stem)]
 
 
 class RunArtifacts(pl.Callback):

@@ -24,6 +24,14 @@ log = logging.getLogger(__name__)
 CURVE_COLUMNS = ("train/loss", "val/loss", "train/acc", "val/acc")
 
 
+def save_png(figure: Figure, stem: Path) -> Path:
+    """`<stem>.png`, laid out and at the resolution every fer_lab figure uses."""
+    figure.tight_layout()
+    path = stem.with_suffix(".png")
+    figure.savefig(path, dpi=120)
+    return path
+
+
 def write_learning_curves(
     history: dict[int, dict[str, float]], stem: Path, title: str
 ) -> list[Path]:
@@ -48,10 +56,7 @@ def write_learning_curves(
         axes.grid(alpha=0.3)
         axes.legend()
     figure.suptitle(f"{title}: learning curves")
-    figure.tight_layout()
-    png_path = stem.with_suffix(".png")
-    figure.savefig(png_path, dpi=120)
-    return [csv_path, png_path]
+    return [csv_path, save_png(figure, stem)]
 
 
 def write_class_histogram(
@@ -77,10 +82,7 @@ def write_class_histogram(
         axes.set_ylabel("images")
         axes.yaxis.set_major_locator(MaxNLocator(integer=True))
     figure.suptitle(f"{title}: images per class")
-    figure.tight_layout()
-    png_path = stem.with_suffix(".png")
-    figure.savefig(png_path, dpi=120)
-    return [csv_path, png_path]
+    return [csv_path, save_png(figure, stem)]
 
 
 @dataclass
@@ -186,10 +188,7 @@ def write_misclassified_grid(
         axes.imshow(image, cmap="gray", vmin=0, vmax=1)
         axes.set_title(f"p({predicted})={p_pred:.2f}\np({true})={p_true:.2f}", fontsize=8)
     figure.suptitle(f"{title}\n'{true}' predicted as '{predicted}': {count} of {total} shown")
-    figure.tight_layout()
-    png_path = stem.with_suffix(".png")
-    figure.savefig(png_path, dpi=120)
-    return [csv_path, png_path]
+    return [csv_path, save_png(figure, stem)]
 
 
 def write_most_confused(

@@ -31,6 +31,7 @@ from torchmetrics.functional.classification import (
 from torchvision.transforms.v2.functional import ten_crop
 
 from fer_lab.artifacts import write_confusion_matrix
+from fer_lab.figures import save_png
 
 TTA_MODES = ("none", "hflip", "tencrop")
 
@@ -168,8 +169,7 @@ def write_normalised_confusion(
     for (row, col), fraction in np.ndenumerate(matrix):
         colour = "white" if fraction > 0.5 else "black"
         axes.text(col, row, f"{fraction:.2f}", ha="center", va="center", color=colour)
-    figure.tight_layout()
-    figure.savefig(stem.with_suffix(".png"), dpi=120)
+    save_png(figure, stem)
     return [stem.with_suffix(".csv"), stem.with_suffix(".png")]
 
 
