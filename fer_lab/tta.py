@@ -18,7 +18,6 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from matplotlib.figure import Figure
 from torch import nn
 from torch.utils.data import DataLoader
 from torchmetrics.functional.classification import (
@@ -31,7 +30,6 @@ from torchmetrics.functional.classification import (
 from torchvision.transforms.v2.functional import ten_crop
 
 from fer_lab.artifacts import write_confusion_matrix
-from fer_lab.figures import save_png
 
 TTA_MODES = ("none", "hflip", "tencrop")
 
@@ -118,12 +116,6 @@ def score(probabilities: torch.Tensor, labels: torch.Tensor, classes: list[str])
     )
 
 
-def row_normalised(confusion: np.ndarray) -> np.ndarray:
-    """Each true class's row as fractions (its recall on the diagonal); empty rows stay 0."""
-    totals = confusion.sum(axis=1, keepdims=True)
-    return np.divide(confusion, totals, out=np.zeros(confusion.shape), where=totals > 0)
-
-
 def write_reports(
     scores: Scores,
     probabilities: torch.Tensor,
@@ -135,7 +127,7 @@ def write_reports(
     """Confusion matrices (counts, row-normalised), per-class CSV, predictions and report.md."""
     files = write_confusion_matrix(scores.confusion, classes, folder / "confusion_matrix", title)
     stem = folder / "confusion_matrix_normalised"
-    files += write_normalised_confusion(scores.confusion, classes, stem, title)
+    files += write_confusion_matrix(scores.confusion, classes, stem, title, normalise=True)
     per_class_path = folder / "per_class.csv"
     scores.per_class.to_csv(per_class_path, float_format="%.4f")
     predictions = pd.DataFrame(probabilities.numpy(), columns=[f"p_{name}" for name in classes])
@@ -146,31 +138,6 @@ def write_reports(
     report_path = folder / "report.md"
     report_path.write_text(markdown_report(scores, title))
     return [*files, per_class_path, predictions_path, report_path]
-
-
-def write_normalised_confusion(
-    confusion: np.ndarray, classes: list[str], stem: Path, title: str
-) -> list[Path]:
-    """`<stem>.csv` and `<stem>.png` of row fractions: errors of rare classes stay visible."""
-    matrix = row_normalised(confusion)
-    frame = pd.DataFrame(matrix, index=classes, columns=classes)
-    frame.index.name = "true\\predicted"
-    frame.to_csv(stem.with_suffix(".csv"), float_format="%.4f")
-    size = max(5.0, 0.75 * len(classes) + 2)
-    figure = Figure(figsize=(size, size * 0.85))
-    axes = figure.subplots()
-    axes.imshow(matrix, cmap="Blues", vmin=0, vmax=1)
-    ticks = np.arange(len(classes))
-    axes.set_xticks(ticks, classes, rotation=45, ha="right")
-    axes.set_yticks(ticks, classes)
-    axes.set_xlabel("predicted")
-    axes.set_ylabel("true")
-    axes.set_title(f"{title}\nrow-normalised (recall on the diagonal)")
-    for (row, col), fraction in np.ndenumerate(matrix):
-        colour = "white" if fraction > 0.5 else "black"
-        axes.text(col, row, f"{fraction:.2f}", ha="center", va="center", color=colour)
-    save_png(figure, stem)
-    return [stem.with_suffix(".csv"), stem.with_suffix(".png")]
 
 
 def markdown_report(scores: Scores, title: str) -> str:
