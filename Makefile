@@ -6,8 +6,13 @@ BIN := $(VENV)/bin
 # machine set TORCH_SPEC (e.g. TORCH_SPEC="torch torchvision") for your CUDA build.
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 export NO_ALBUMENTATIONS_UPDATE := 1
+# `make bench` measures on FER2013 where it is, else on the built-in synthetic faces.
+FER2013 ?= ../shared/data/fer2013.csv.gz
+BENCH_DATA := $(if $(wildcard $(FER2013)),dataset.path=$(FER2013),dataset=synthetic)
+DEVICE ?= cpu
+BENCH_ARGS ?=
 
-.PHONY: install demo test test-fast lint format ui clean
+.PHONY: install demo test test-fast bench lint format ui clean
 
 install: $(VENV)/.installed
 
@@ -26,6 +31,9 @@ test: install  ## the whole suite (CPU, no network, no outside files)
 
 test-fast: install  ## everything but the tests marked slow
 	$(BIN)/python -m pytest -m "not slow"
+
+bench: install  ## fer_lab vs a plain PyTorch loop, data pipelines, load times (DEVICE=cuda on a GPU)
+	$(BIN)/python -m fer_lab.bench --device $(DEVICE) $(BENCH_DATA) $(BENCH_ARGS)
 
 lint: install
 	$(BIN)/ruff check .

@@ -24,6 +24,9 @@ RULES: tuple[tuple[str, Callable[[float], bool], str], ...] = (
     ("dataset.test_fraction", lambda v: 0 < v < 1, "in (0, 1)"),
 )
 
+# data.pipeline values (fer_lab/data/datamodule.py).
+PIPELINES = ("auto", "per_sample", "on_device")
+
 
 def _select(cfg: DictConfig, key: str) -> object:
     node: object = cfg
@@ -44,6 +47,9 @@ def check_values(cfg: DictConfig) -> None:
             raise ConfigError(f"{key}={value!r}: must be a number {requirement}")
         if not test(value):
             raise ConfigError(f"{key}={value}: must be {requirement}")
+    pipeline = _select(cfg, "data.pipeline")
+    if pipeline is not None and pipeline not in PIPELINES:
+        raise ConfigError(f"data.pipeline={pipeline!r}: must be one of {list(PIPELINES)}")
     for data_key, model_key in (("image_size", "input_size"), ("channels", "in_channels")):
         if cfg.data[data_key] != cfg.model[model_key]:
             raise ConfigError(

@@ -37,8 +37,15 @@ class FERLitModule(pl.LightningModule):
         scheduler: dict[str, Any] | None,
         class_names: list[str],
         config: dict[str, Any] | None = None,
+        channels_last: bool = False,
+        compile: bool = False,
     ) -> None:
         super().__init__()
+        self.channels_last = channels_last
+        if channels_last:
+            net = net.to(memory_format=torch.channels_last)
+        if compile:
+            net.compile()  # in place: state_dict keys, hence checkpoints, stay as they are
         self.net = net
         self.loss_fn = loss
         self.optimizer_factory = optimizer
@@ -75,6 +82,12 @@ class FERLitModule(pl.LightningModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
+
+    def on_after_batch_transfer(self, batch: Batch, dataloader_idx: int) -> Batch:
+        images, labels = batch
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return images, labels
 
     def _step(self, batch: Batch, split: str) -> tuple[torch.Tensor, ...]:
         images, labels = batch

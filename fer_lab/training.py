@@ -1,14 +1,19 @@
 """The training job behind `python -m fer_lab.train`: fit, select on val, test once."""
 
 import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import optuna
 import pytorch_lightning as pl
+import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.loggers import Logger
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from fer_lab.config_checks import check_classes
+from fer_lab.data import FERDataModule
 from fer_lab.errors import FERLabError
 from fer_lab.models.base import check_forward
 from fer_lab.module import FERLitModule
@@ -18,6 +23,59 @@ from fer_lab.sweeps import OptunaPruning
 from fer_lab.tracking import build_logger, log_run_config, log_skipped_data, mark_run
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainingJob:
+    """What `python -m fer_lab.train` fits, built from one config (also used by the benchmark)."""
+
+    datamodule: FERDataModule
+    module: FERLitModule
+    logger: Logger
+    trainer: pl.Trainer
+
+
+def build_job(
+    cfg: DictConfig, run_id: str | None = None, extra_callbacks: Sequence[pl.Callback] = ()
+) -> TrainingJob:
+    """The data, the LightningModule, the logger, the callbacks and the trainer of `cfg`."""
+    datamodule = instantiate(cfg.data)
+    datamodule.setup("fit")
+    net = instantiate(cfg.model)
+    check_forward(
+        net, cfg.model.in_channels, cfg.model.input_size, len(datamodule.classes), cfg.names.model
+    )
+    speed = cfg.get("speed") or {}
+    module = FERLitModule(
+        net=net,
+        loss=instantiate(cfg.loss, class_counts=datamodule.class_counts("train")),
+        optimizer=instantiate(cfg.optimizer),
+        scheduler=instantiate(cfg.scheduler),
+        class_names=datamodule.classes,
+        config=OmegaConf.to_container(cfg, resolve=True),
+        channels_last=bool(speed.get("channels_last", False)),
+        compile=bool(speed.get("compile", False)),
+    )
+    logger = build_logger(cfg, run_id=run_id)
+    callbacks = [instantiate(callback) for callback in cfg.callbacks.values()]
+    if cfg.get("sweep") and cfg.sweep.get("trial_id") is not None:
+        callbacks.append(OptunaPruning.for_current_job(cfg.sweep.trial_id, cfg.optimized_metric))
+    trainer = instantiate(
+        cfg.trainer,
+        logger=logger,
+        callbacks=[*callbacks, *extra_callbacks],
+        precision=supported_precision(cfg.trainer.precision),
+    )
+    return TrainingJob(datamodule, module, logger, trainer)
+
+
+def supported_precision(precision: str) -> str:
+    """bf16 mixed precision needs an Ampere or newer GPU; older ones get fp16 mixed."""
+    gpu = torch.cuda.is_available()
+    if str(precision).startswith("bf16") and gpu and not torch.cuda.is_bf16_supported():
+        log.warning("This GPU has no bf16: trainer.precision=%s becomes 16-mixed", precision)
+        return "16-mixed"
+    return precision
 
 
 def fit_and_test(cfg: DictConfig) -> float:
@@ -32,31 +90,13 @@ def fit_and_test(cfg: DictConfig) -> float:
         cfg.paths.output_dir = str(resume.output_dir)
         log.info("Resuming %s from %s", resume.output_dir, resume.checkpoint)
     pl.seed_everything(cfg.seed, workers=True)
-    datamodule = instantiate(cfg.data)
-    datamodule.setup("fit")
-    net = instantiate(cfg.model)
-    check_forward(
-        net, cfg.model.in_channels, cfg.model.input_size, len(datamodule.classes), cfg.names.model
-    )
+    job = build_job(cfg, run_id=resume.mlflow_run_id if resume else None)
     if resume is not None:
-        check_classes(resume.classes, datamodule.classes, resume.checkpoint)
-    module = FERLitModule(
-        net=net,
-        loss=instantiate(cfg.loss, class_counts=datamodule.class_counts("train")),
-        optimizer=instantiate(cfg.optimizer),
-        scheduler=instantiate(cfg.scheduler),
-        class_names=datamodule.classes,
-        config=OmegaConf.to_container(cfg, resolve=True),
-    )
-    logger = build_logger(cfg, run_id=resume.mlflow_run_id if resume else None)
-    callbacks = [instantiate(callback) for callback in cfg.callbacks.values()]
-    pruning = None
-    if cfg.get("sweep") and cfg.sweep.get("trial_id") is not None:
-        pruning = OptunaPruning.for_current_job(cfg.sweep.trial_id, cfg.optimized_metric)
-        callbacks.append(pruning)
-    trainer: pl.Trainer = instantiate(cfg.trainer, logger=logger, callbacks=callbacks)
+        check_classes(resume.classes, job.datamodule.classes, resume.checkpoint)
+    datamodule, module, logger, trainer = job.datamodule, job.module, job.logger, job.trainer
+    pruning = next((c for c in trainer.callbacks if isinstance(c, OptunaPruning)), None)
     if resume is None:
-        log_run_config(logger, cfg, net)
+        log_run_config(logger, cfg, module.net)
         log_skipped_data(logger, datamodule.splits.skipped, cfg.paths.output_dir)
     else:
         mark_run(logger, "RUNNING")

@@ -1,6 +1,6 @@
 """Fixtures: small datasets written in the real formats, and an MLflow client per test."""
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -8,6 +8,15 @@ import pytest
 from fer_lab.data.fer2013 import FER2013_CLASSES
 
 from .helpers import run_train, write_image
+
+
+@pytest.fixture(scope="session", autouse=True)
+def dataset_cache_in_temp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Parsed-dataset caches (paths.cache_dir) go to a temp folder, not the repository's
+    .cache, for in-process configs and the commands the tests start alike."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("FER_LAB_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+        yield
 
 
 @pytest.fixture

@@ -1,15 +1,25 @@
 """The one LightningDataModule: any dataset loader, sized and normalised for the model."""
 
-from collections.abc import Sequence
+import logging
+from collections.abc import Iterable, Sequence
 from typing import Protocol
 
 import albumentations as A
 import numpy as np
 import pytorch_lightning as pl
+import torch
 from torch.utils.data import DataLoader, get_worker_info
 
+from fer_lab.config_checks import PIPELINES
+from fer_lab.data import batch_augment
+from fer_lab.data.device_batches import DeviceBatches, faces_as_tensor
 from fer_lab.data.faces import FaceDataset, FaceSplits
 from fer_lab.data.transforms import build_transforms
+
+log = logging.getLogger(__name__)
+# `pipeline=auto` keeps whole datasets on the GPU only for small images (FER's 48x48 is 83 MB
+# for FER2013); larger ones go through the per-sample path.
+ON_DEVICE_MAX_SIZE = 64
 
 
 def seed_augmentation(worker_id: int) -> None:
@@ -43,19 +53,27 @@ class FERDataModule(pl.LightningDataModule):
         num_workers: int = 0,
         pin_memory: bool = False,
         seed: int | None = None,
+        pipeline: str = "per_sample",
     ) -> None:
         super().__init__()
         if batch_size < 1:
             raise ValueError(f"data.batch_size must be at least 1, got {batch_size}")
+        if pipeline not in PIPELINES:
+            raise ValueError(f"data.pipeline must be one of {list(PIPELINES)}, got {pipeline!r}")
         self.source = source
+        self.image_size = image_size
         self.channels = channels
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.pin_memory = pin_memory
+        self.seed = seed
+        self.pipeline = pipeline
+        self.augmentation, self.preprocess = list(augmentation), preprocess
         self.train_transform, self.eval_transform = build_transforms(
             image_size, augmentation, preprocess, seed
         )
         self.splits: FaceSplits | None = None
+        self._on_device: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
     @property
     def classes(self) -> list[str]:
@@ -71,8 +89,29 @@ class FERDataModule(pl.LightningDataModule):
         labels = getattr(self.splits, split).labels
         return np.bincount(labels, minlength=len(self.classes)).tolist()
 
-    def _loader(self, split: str, train: bool) -> DataLoader:
+    def device(self) -> torch.device:
+        """Where training runs: the attached trainer's device, else the CPU."""
+        trainer = getattr(self, "trainer", None)
+        return trainer.strategy.root_device if trainer is not None else torch.device("cpu")
+
+    def resolved_pipeline(self) -> str:
+        """`per_sample` or `on_device`, deciding `auto` (see conf/train.yaml, data.pipeline)."""
+        if self.pipeline != "auto":
+            return self.pipeline
         self.setup()
+        images = self.splits.train.images
+        small = isinstance(images, np.ndarray) and max(images.shape[1:3]) <= ON_DEVICE_MAX_SIZE
+        supported = batch_augment.BatchTransform.supports(
+            self.augmentation, self.preprocess, self.image_size
+        )
+        if self.device().type == "cuda" and small and supported:
+            return "on_device"
+        return "per_sample"
+
+    def _loader(self, split: str, train: bool) -> Iterable:
+        self.setup()
+        if self.resolved_pipeline() == "on_device":
+            return self._device_batches(split, train)
         transform = self.train_transform if train else self.eval_transform
         dataset = FaceDataset(getattr(self.splits, split), self.channels, transform)
         return DataLoader(
@@ -86,11 +125,35 @@ class FERDataModule(pl.LightningDataModule):
             worker_init_fn=seed_augmentation,
         )
 
-    def train_dataloader(self) -> DataLoader:
+    def _device_batches(self, split: str, train: bool) -> DeviceBatches:
+        device = self.device()
+        if split not in self._on_device:
+            faces = getattr(self.splits, split)
+            images = faces_as_tensor(faces, self.channels, self.image_size)
+            labels = torch.from_numpy(faces.labels)
+            self._on_device[split] = (images.to(device), labels.to(device))
+            log.info(
+                "data.pipeline=on_device: %s split, %s on %s", split, tuple(images.shape), device
+            )
+        transform = batch_augment.BatchTransform.from_albumentations(
+            self.augmentation, self.preprocess, self.image_size, self.seed
+        )
+        trainer = getattr(self, "trainer", None)
+        return DeviceBatches(
+            *self._on_device[split],
+            transform=transform,
+            batch_size=self.batch_size,
+            train=train,
+            seed=self.seed,
+            rank=trainer.global_rank if trainer is not None else 0,
+            world_size=trainer.world_size if trainer is not None else 1,
+        )
+
+    def train_dataloader(self) -> Iterable:
         return self._loader("train", train=True)
 
-    def val_dataloader(self) -> DataLoader:
+    def val_dataloader(self) -> Iterable:
         return self._loader("val", train=False)
 
-    def test_dataloader(self) -> DataLoader:
+    def test_dataloader(self) -> Iterable:
         return self._loader("test", train=False)

@@ -22,8 +22,11 @@ POLICIES = ("error", "skip")
 MAX_LISTED = 20
 # pandas reports each row with too many fields as one line of a ParserWarning.
 _SKIPPED_LINE = re.compile(r"Skipping line (\d+): (.+)")
-_ROWS_PER_PARSE = 2048
-_OTHER_WHITESPACE = "\t\n\r\v\f"
+# Small blocks keep the vectorised parse's arrays in the CPU cache (64 rows: ~0.6 s for
+# FER2013, 2048 rows: ~1.2 s).
+_ROWS_PER_PARSE = 64
+_SPACE = np.uint8(ord(" ") - ord("0") + 256)  # a space after subtracting "0" in uint8
+Buffer = bytes | memoryview | np.ndarray  # bytes-like: a row's ASCII bytes
 
 
 def check_policy(on_bad_data: str) -> str:
@@ -135,46 +138,60 @@ def require_images_per_class(
         )
 
 
-def parse_pixel_rows(rows: Sequence[str], count: int) -> tuple[np.ndarray, list[str | None]]:
-    """uint8 [good rows, count] from space-separated pixel rows, and per row why it is bad.
+def parse_pixel_rows(
+    rows: Sequence[str | Buffer], count: int
+) -> tuple[np.ndarray, list[str | None]]:
+    """uint8 [rows, count] from space-separated pixel rows (text, or its ASCII bytes), and per
+    row why it is bad (a bad row's pixels are zeros).
 
     A vectorised parse reads each block of rows; a block is gone through row by row only when
-    that parse fails, so a valid file pays for one parse.
+    that parse fails, so a valid file pays for one parse and every bad row gets its own reason.
     """
-    blocks: list[np.ndarray] = [np.empty((0, count), dtype=np.uint8)]
-    reasons: list[str | None] = []
+    images = np.zeros((len(rows), count), dtype=np.uint8)
+    reasons: list[str | None] = [None] * len(rows)
     for start in range(0, len(rows), _ROWS_PER_PARSE):
         block = rows[start : start + _ROWS_PER_PARSE]
-        images = _parse_block(block, count)
-        if images is None:
-            parsed = [_parse_row(row, count) for row in block]
-            images = np.array([p for p in parsed if not isinstance(p, str)], dtype=np.uint8)
-            reasons += [p if isinstance(p, str) else None for p in parsed]
-        else:
-            reasons += [None] * len(block)
-        blocks.append(images.reshape(-1, count))
-    return np.concatenate(blocks), reasons
+        if _parse_block(block, count, images[start : start + len(block)]):
+            continue
+        for i, row in enumerate(block, start):
+            parsed = _parse_row(row if isinstance(row, str) else str(row, "utf-8"), count)
+            if isinstance(parsed, str):
+                reasons[i] = parsed
+            else:
+                images[i] = parsed
+    return images, reasons
 
 
-def _parse_block(rows: Sequence[str], count: int) -> np.ndarray | None:
-    """The block's pixels when every row reads as `count` integers 0..255, else None.
+def _parse_block(rows: Sequence[str | Buffer], count: int, out: np.ndarray) -> bool:
+    """Fill `out` and return True when every row is `count` numbers 0..255 of 1-3 digits, one
+    space apart; else return False (the rows then go one by one, for the exact reason).
 
-    With `count - 1` spaces and no other whitespace a row holds at most `count` numbers, so
-    one parse finding `count` per row on average means exactly `count` in each.
+    Why not np.fromstring: it takes ~2.3 s for FER2013's 83M numbers, this ~0.6 s. Each number
+    is read from the three bytes before the space that ends it (ones, tens, hundreds), so a
+    block needs a few whole-array numpy operations and no Python loop over numbers.
     """
-    spaces = np.fromiter((row.count(" ") for row in rows), dtype=np.int64, count=len(rows))
-    if (spaces != count - 1).any():
-        return None
-    joined = " ".join(rows)
-    if any(char in joined for char in _OTHER_WHITESPACE):
-        return None
-    try:  # int64 saturates on overflow where smaller types wrap into 0..255
-        values = np.fromstring(joined, dtype=np.int64, sep=" ")
-    except ValueError:
-        return None
-    if values.size != len(rows) * count or values.min() < 0 or values.max() > 255:
-        return None
-    return values.astype(np.uint8).reshape(len(rows), count)
+    fields = [row.encode() if isinstance(row, str) else row for row in rows]
+    # 4 spaces in front, so that the 4 bytes before every number's end exist; a space after
+    # every row, so that every number ends with one.
+    text = np.frombuffer(b" ".join([b"   ", *fields, b""]), dtype=np.uint8)
+    digits = text - np.uint8(ord("0"))  # 0..9 for a digit; a space wraps round to 240
+    ends = np.flatnonzero(digits[4:] == _SPACE)  # the space after each number
+    row_ends = np.cumsum([len(field) + 1 for field in fields]) - 1
+    if (
+        ends.size != len(rows) * count
+        or not np.array_equal(ends[count - 1 :: count], row_ends)  # `count` numbers per row
+        or np.count_nonzero(digits[4:] > 9) != ends.size  # every other byte is a digit
+    ):
+        return False
+    # digits[k:][ends] is the byte 4 - k places before the number's end (3: its last digit)
+    ones, tens, hundreds, thousands = (digits[k:][ends].astype(np.uint16) for k in (3, 2, 1, 0))
+    has_tens = tens <= 9
+    has_hundreds = has_tens & (hundreds <= 9)
+    values = ones + 10 * tens * has_tens + 100 * hundreds * has_hundreds
+    if (ones > 9).any() or (has_hundreds & (thousands <= 9)).any() or (values > 255).any():
+        return False  # an empty number (two spaces), 4+ digits or a value over 255
+    out[:] = values.reshape(len(rows), count)
+    return True
 
 
 def _parse_row(row: str, count: int) -> np.ndarray | str:

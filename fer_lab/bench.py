@@ -1,0 +1,237 @@
+"""`python -m fer_lab.bench`: what fer_lab costs on top of a hand-written PyTorch loop.
+
+    python -m fer_lab.bench --models tf_emotion_cnn convnet5 dataset.path=fer2013.csv.gz
+    python -m fer_lab.bench --device cuda --models convnet5 --sweep 1 2 4 dataset.path=...
+
+Positional arguments are training overrides (`key=value`, as for `python -m fer_lab.train`).
+One process measures, interleaved: the dataset's load time (first parse and cached), the
+training loader's throughput for both data pipelines with and without augmentation, and per
+model the images per second of fer_lab's training path and of a plain loop over the same
+model and in-memory tensors, with their ratio. Prints a table and writes JSON. A benchmark
+run on a shared machine varies: compare ratios taken in one run, not across runs.
+"""
+
+import argparse
+import json
+import logging
+import platform
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from hydra.utils import instantiate
+from omegaconf import open_dict
+
+from fer_lab.sweep_bench import trials_per_hour
+from fer_lab.throughput import (
+    bench_config,
+    fer_lab_training,
+    pipeline_throughput,
+    plain_training,
+    timed,
+)
+from fer_lab.tracking import describe_hardware
+
+log = logging.getLogger("fer_lab.bench")
+PIPELINES = ("per_sample", "on_device")
+SECTIONS = ("loading", "pipelines", "training")
+
+
+def arguments(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m fer_lab.bench", description=__doc__)
+    parser.add_argument("overrides", nargs="*", help="training overrides, e.g. dataset.path=...")
+    parser.add_argument("--models", nargs="+", default=["tf_emotion_cnn", "convnet5"])
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--warmup", type=int, default=5, help="untimed steps first")
+    parser.add_argument("--steps", type=int, default=30, help="timed training steps")
+    parser.add_argument("--repeats", type=int, default=2, help="interleaved rounds per model")
+    parser.add_argument("--augmentation", default="strong", help="for the pipeline figures")
+    parser.add_argument("--pipeline-batches", type=int, default=40)
+    parser.add_argument(
+        "--sweep",
+        type=int,
+        nargs="*",
+        default=[],
+        metavar="TRIALS_AT_ONCE",
+        help="trials per hour of an Optuna sweep with this many trials at once, e.g. 1 2 4",
+    )
+    parser.add_argument("--sweep-model", default="convnet5")
+    parser.add_argument("--sweep-epochs", type=int, default=10)
+    parser.add_argument(
+        "--sections",
+        nargs="*",
+        choices=SECTIONS,
+        default=list(SECTIONS),
+        help="what to measure besides the sweep, which --sweep adds",
+    )
+    parser.add_argument("--json", type=Path, default=Path("logs/bench/bench.json"))
+    parser.add_argument("--workdir", type=Path, default=None, help="default: a temp folder")
+    return parser.parse_args(argv)
+
+
+def base_overrides(args: argparse.Namespace, workdir: Path) -> list[str]:
+    trainer = "gpu" if args.device == "cuda" else "cpu"
+    return [
+        f"trainer={trainer}",
+        f"data.batch_size={args.batch_size}",
+        f"logger.tracking_uri=sqlite:///{workdir}/mlflow.db",
+        *args.overrides,
+    ]
+
+
+def measure_loading(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    cfg = bench_config(base_overrides(args, workdir), workdir / "load")
+    result: dict[str, Any] = {"dataset": cfg.names.dataset}
+    with open_dict(cfg):
+        if "cache_dir" in cfg.dataset:
+            cfg.dataset.cache_dir = str(workdir / "cache")
+    source = instantiate(cfg.dataset)
+    result["load_first_s"] = timed(source.load)
+    result["load_cached_s"] = timed(source.load) if "cache_dir" in cfg.dataset else None
+    return result
+
+
+def attach_device(datamodule: Any, device: str) -> None:
+    """The datamodule reads its device from its trainer, as in training."""
+    datamodule.trainer = pl.Trainer(
+        accelerator="gpu" if device == "cuda" else "cpu", devices=1, logger=False
+    )
+
+
+def measure_pipelines(args: argparse.Namespace, workdir: Path) -> list[dict[str, Any]]:
+    rows, splits = [], None
+    for augmentation in ("none", args.augmentation):
+        for pipeline in PIPELINES:
+            overrides = [f"augmentation={augmentation}", f"data.pipeline={pipeline}"]
+            cfg = bench_config([*base_overrides(args, workdir), *overrides], workdir / "data")
+            datamodule = instantiate(cfg.data)
+            datamodule.splits = splits
+            attach_device(datamodule, args.device)
+            datamodule.setup()
+            splits = datamodule.splits
+            rate = pipeline_throughput(datamodule, args.pipeline_batches)
+            workers = cfg.data.num_workers if pipeline == "per_sample" else 0
+            rows.append(
+                {
+                    "pipeline": pipeline,
+                    "augmentation": augmentation,
+                    "workers": workers,
+                    "images_per_s": rate,
+                }
+            )
+    return rows
+
+
+def measure_training(args: argparse.Namespace, workdir: Path) -> list[dict[str, Any]]:
+    """Per model, fer_lab's path and the plain loop alternate (a b, then b a) so slow phases
+    of a shared machine hit both; each side's best round counts."""
+    results = []
+    for model in args.models:
+        overrides = [*base_overrides(args, workdir), f"model={model}", "data.pipeline=on_device"]
+        fer_lab, plain = [], []
+        for round_ in range(args.repeats):
+            order = ("fer_lab", "plain") if round_ % 2 == 0 else ("plain", "fer_lab")
+            for side in order:
+                cfg = bench_config(overrides, workdir / model / f"{side}{round_}")
+                if side == "fer_lab":
+                    fer_lab.append(fer_lab_training(cfg, args.warmup, args.steps))
+                else:
+                    datamodule = instantiate(cfg.data)
+                    attach_device(datamodule, args.device)
+                    plain.append(plain_training(cfg, datamodule, args.warmup, args.steps))
+        a = max(fer_lab, key=lambda t: t.images_per_s)
+        b = max(plain, key=lambda t: t.images_per_s)
+        results.append(
+            {
+                "model": model,
+                "fer_lab_images_per_s": a.images_per_s,
+                "plain_images_per_s": b.images_per_s,
+                "ratio_plain_over_fer_lab": b.images_per_s / a.images_per_s,
+                "fer_lab_rounds": [t.images_per_s for t in fer_lab],
+                "plain_rounds": [t.images_per_s for t in plain],
+                "peak_memory_mb": max(a.peak_memory_mb, b.peak_memory_mb),
+            }
+        )
+        log.info("%s: fer_lab %.0f img/s, plain %.0f img/s", model, a.images_per_s, b.images_per_s)
+    return results
+
+
+def report(result: dict[str, Any]) -> str:
+    lines = [f"fer_lab bench on {result['hardware']} ({result['device']})"]
+    if "loading" in result:
+        load = result["loading"]
+        cached = load["load_cached_s"]
+        lines.append(
+            f"dataset {load['dataset']}: first load {load['load_first_s']:.2f} s, cached "
+            + (f"{cached:.2f} s" if cached is not None else "n/a (no cache for this dataset)")
+        )
+    if "pipelines" in result:
+        lines.append("\n| data pipeline | augmentation | workers | img/s |\n|---|---|---|---|")
+    for row in result.get("pipelines", []):
+        lines.append(
+            f"| {row['pipeline']} | {row['augmentation']} | {row['workers']} | "
+            f"{row['images_per_s']:,.0f} |"
+        )
+    if "training" in result:
+        lines.append(
+            "\n| model | fer_lab img/s | plain img/s | plain/fer_lab | peak MB |"
+            "\n|---|---|---|---|---|"
+        )
+    for row in result.get("training", []):
+        lines.append(
+            f"| {row['model']} | {row['fer_lab_images_per_s']:,.0f} | "
+            f"{row['plain_images_per_s']:,.0f} | {row['ratio_plain_over_fer_lab']:.3f} | "
+            f"{row['peak_memory_mb']:,.0f} |"
+        )
+    if result.get("sweep"):
+        lines.append("\n| trials at once | trials | wall s | trials/hour |\n|---|---|---|---|")
+        for row in result["sweep"]:
+            lines.append(
+                f"| {row['concurrent']} | {row['trials']} | {row['wall_s']:.0f} | "
+                f"{row['trials_per_hour']:.1f} |"
+            )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    args = arguments(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA GPU is visible to torch")
+    with tempfile.TemporaryDirectory(prefix="fer_lab_bench_") as temp:
+        workdir = args.workdir or Path(temp)
+        result: dict[str, Any] = {
+            "hardware": describe_hardware(),
+            "device": args.device,
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "settings": {k: str(v) for k, v in vars(args).items()},
+        }
+        measures = {
+            "loading": measure_loading,
+            "pipelines": measure_pipelines,
+            "training": measure_training,
+        }
+        for section, measure in measures.items():
+            if section in args.sections:
+                result[section] = measure(args, workdir)
+        if args.sweep:
+            sweep_overrides = base_overrides(args, workdir)
+            result["sweep"] = [
+                trials_per_hour(
+                    sweep_overrides, args.sweep_model, args.sweep_epochs, concurrent, workdir
+                )
+                for concurrent in args.sweep
+            ]
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(result, indent=2))
+    print(report(result))
+    print(f"\nJSON: {args.json}")
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,129 @@
+"""The on-device data path, the speed settings, and `python -m fer_lab.bench` (a smoke run:
+it must run and report its fields; speed itself is measured by the benchmark, not here)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.utils import instantiate
+
+from fer_lab.config import loader_workers, on_gpu
+from fer_lab.config_checks import check_values
+from fer_lab.errors import ConfigError
+from fer_lab.training import supported_precision
+
+from .helpers import REPO_ROOT, compose_config, run_train
+
+SMALL = [
+    "dataset=synthetic",
+    "dataset.train_per_class=20",
+    "dataset.val_per_class=5",
+    "dataset.test_per_class=5",
+    "data.batch_size=16",
+    "data.num_workers=0",
+]
+
+
+def datamodule(*overrides: str):
+    module = instantiate(compose_config(*SMALL, *overrides).data)
+    module.setup()
+    return module
+
+
+def test_on_device_eval_batches_equal_the_per_sample_ones() -> None:
+    """Same split, same order, same normalised pixels: only where the work is done differs."""
+    for preprocess in ("scale01", "standardize", "minmax"):
+        per_sample = datamodule(f"preprocess={preprocess}", "data.pipeline=per_sample")
+        on_device = datamodule(f"preprocess={preprocess}", "data.pipeline=on_device")
+        batches = list(on_device.val_dataloader())
+        reference = list(per_sample.val_dataloader())
+        assert len(batches) == len(reference) == 3  # 35 images in batches of 16
+        for (x, y), (ref_x, ref_y) in zip(batches, reference, strict=True):
+            assert x.dtype == torch.float32 and x.shape == ref_x.shape
+            torch.testing.assert_close(x, ref_x, atol=1e-5, rtol=1e-5)
+            assert torch.equal(y, ref_y)
+
+
+def test_on_device_training_batches_are_shuffled_augmented_and_complete() -> None:
+    module = datamodule("augmentation=strong", "data.pipeline=on_device")
+    loader = module.train_dataloader()  # Lightning iterates one loader once per epoch
+    first, second = list(loader), list(loader)
+    per_sample = datamodule("augmentation=strong", "data.pipeline=per_sample")
+    assert len(first) == len(per_sample.train_dataloader()) == 140 // 16  # last batch dropped
+    labels = torch.cat([y for _, y in first])
+    assert len(labels.unique()) == 7 and len(labels) == 8 * 16
+    assert not torch.equal(labels, torch.cat([y for _, y in second]))  # a new order per epoch
+    assert first[0][0].shape == (16, 1, 48, 48)
+
+
+def test_colour_model_gets_three_identical_channels() -> None:
+    module = datamodule("data.pipeline=on_device", "data.channels=3")
+    x, _ = next(iter(module.val_dataloader()))
+    assert x.shape[1] == 3 and torch.equal(x[:, 0], x[:, 2])
+
+
+def test_auto_pipeline_is_per_sample_without_a_gpu() -> None:
+    module = datamodule("data.pipeline=auto")
+    assert module.resolved_pipeline() == (
+        "on_device" if torch.cuda.is_available() else "per_sample"
+    )
+
+
+def test_unknown_pipeline_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match=r"data\.pipeline='gpu'"):
+        check_values(compose_config("data.pipeline=gpu"))
+
+
+def test_speed_defaults_follow_the_trainer() -> None:
+    cpu = compose_config("trainer=cpu")
+    assert cpu.speed.channels_last is False and cpu.data.pin_memory is False
+    assert cpu.data.num_workers == loader_workers("cpu") <= 2
+    gpu = compose_config("trainer=gpu")
+    assert gpu.speed.channels_last is True and gpu.data.pin_memory is True
+    assert gpu.trainer.precision == "bf16-mixed" and gpu.trainer.benchmark is True
+    assert gpu.data.num_workers == loader_workers("gpu") >= 1
+    assert on_gpu("gpu") and not on_gpu("cpu")
+    if not torch.cuda.is_available():
+        assert supported_precision("bf16-mixed") == "bf16-mixed"  # nothing to fall back from
+
+
+@pytest.mark.slow
+def test_training_on_the_device_path_with_channels_last(tmp_path: Path) -> None:
+    run_train(
+        tmp_path,
+        *SMALL,
+        "model=convnet0",
+        "trainer.max_epochs=1",
+        "augmentation=strong",
+        "data.pipeline=on_device",
+        "speed.channels_last=true",
+    )
+    assert list(tmp_path.glob("logs/train/runs/*/checkpoints/last.ckpt"))
+
+
+@pytest.mark.slow
+def test_bench_runs_and_reports_every_field(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    command = [
+        sys.executable, "-m", "fer_lab.bench", "--models", "convnet0", "--steps", "2",
+        "--warmup", "1", "--repeats", "1", "--pipeline-batches", "2", "--batch-size", "16",
+        "--json", str(out), *SMALL[:4],
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-4000:]
+    result = json.loads(out.read_text())
+    assert result["loading"]["load_first_s"] > 0
+    pipelines = {(r["pipeline"], r["augmentation"]) for r in result["pipelines"]}
+    assert pipelines == {(p, a) for p in ("per_sample", "on_device") for a in ("none", "strong")}
+    assert all(r["images_per_s"] > 0 for r in result["pipelines"])
+    (row,) = result["training"]
+    assert row["model"] == "convnet0" and row["peak_memory_mb"] > 0
+    assert row["ratio_plain_over_fer_lab"] == pytest.approx(
+        row["plain_images_per_s"] / row["fer_lab_images_per_s"]
+    )
+    assert "plain/fer_lab" in done.stdout and "| convnet0 |" in done.stdout
