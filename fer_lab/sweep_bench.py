@@ -8,6 +8,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+import optuna
+
+from fer_lab.sweeps import open_storage
+
 
 def trials_per_hour(
     overrides: list[str], model: str, epochs: int, concurrent: int, workdir: Path
@@ -15,6 +19,7 @@ def trials_per_hour(
     """Run `concurrent` trials of `model` for `epochs` epochs side by side (pruning off, so
     every trial trains its full length) and time the whole sweep, start-up included."""
     study = f"bench-{model}-{concurrent}-at-once"
+    storage = workdir / f"{study}.journal"
     command = [
         sys.executable,
         "-m",
@@ -29,7 +34,7 @@ def trials_per_hour(
         f"hydra.sweeper.n_jobs={concurrent}",
         f"hydra.sweeper.n_trials={concurrent}",
         f"hydra.sweeper.study_name={study}",
-        f"hydra.sweeper.storage={workdir}/{study}.journal",
+        f"hydra.sweeper.storage={storage}",
         "hydra.sweeper.pruner=null",
         f"paths.log_dir={workdir}/logs",
         *overrides,
@@ -43,6 +48,10 @@ def trials_per_hour(
             f"sweep with {concurrent} trials at once failed (exit {done.returncode}):\n"
             + done.stderr[-3000:]
         )
+    trials = optuna.load_study(study_name=study, storage=open_storage(str(storage))).trials
+    states = [trial.state.name for trial in trials]
+    if states != ["COMPLETE"] * concurrent:
+        raise RuntimeError(f"sweep with {concurrent} trials at once ended with trials {states}")
     return {
         "model": model,
         "epochs": epochs,

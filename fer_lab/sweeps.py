@@ -43,7 +43,10 @@ class OptunaPruning(pl.Callback):
     def for_current_job(cls, trial_id: int, monitor: str) -> "OptunaPruning":
         """Rebuild the trial from the sweeper settings that travel with the job's config."""
         sweeper = HydraConfig.get().sweeper
-        pruner = instantiate(sweeper.pruner) if sweeper.get("pruner") else None
+        # pruner=null means no pruning; Optuna would otherwise fall back to a median rule.
+        pruner = (
+            instantiate(sweeper.pruner) if sweeper.get("pruner") else optuna.pruners.NopPruner()
+        )
         study = optuna.load_study(
             study_name=sweeper.study_name, storage=open_storage(sweeper.storage), pruner=pruner
         )

@@ -9,7 +9,8 @@ import pytest
 from hydra.utils import instantiate
 
 from fer_lab.data.faces import BadItem, image_problem
-from fer_lab.data.fer2013 import FER2013_CLASSES, FER2013CSV, FER2013Folder
+from fer_lab.data.fer2013 import FER2013_CLASSES, FER2013CSV
+from fer_lab.data.fer2013_folder import FER2013Folder
 from fer_lab.data.image_csv import ImageFolderCSV
 from fer_lab.data.validation import parse_pixel_rows
 from fer_lab.errors import DataError

@@ -11,7 +11,8 @@ from hydra.utils import instantiate
 
 from fer_lab.data import fer2013
 from fer_lab.data.faces import FaceSplits
-from fer_lab.data.fer2013 import FER2013_CLASSES, FER2013CSV, parse_fer2013_csv
+from fer_lab.data.fer2013 import FER2013_CLASSES, FER2013CSV
+from fer_lab.data.fer2013_reader import parse_fer2013_csv
 from fer_lab.data.validation import parse_pixel_rows
 from fer_lab.errors import DataError
 

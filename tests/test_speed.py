@@ -111,6 +111,7 @@ def test_bench_runs_and_reports_every_field(tmp_path: Path) -> None:
     command = [
         sys.executable, "-m", "fer_lab.bench", "--models", "convnet0", "--steps", "2",
         "--warmup", "1", "--repeats", "1", "--pipeline-batches", "2", "--batch-size", "16",
+        "--sweep", "2", "--sweep-model", "convnet0", "--sweep-epochs", "1",
         "--json", str(out), *SMALL[:4],
     ]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
@@ -127,3 +128,5 @@ def test_bench_runs_and_reports_every_field(tmp_path: Path) -> None:
         row["plain_images_per_s"] / row["fer_lab_images_per_s"]
     )
     assert "plain/fer_lab" in done.stdout and "| convnet0 |" in done.stdout
+    (sweep,) = result["sweep"]  # two trials side by side, pruning off (hydra.sweeper.pruner=null)
+    assert sweep["concurrent"] == sweep["trials"] == 2 and sweep["trials_per_hour"] > 0

@@ -100,7 +100,7 @@ class OptunaSweeper(Sweeper):
             study_name=self.study_name,
             storage=open_storage(self.storage),
             sampler=self.sampler,
-            pruner=self.pruner,
+            pruner=self.pruner or optuna.pruners.NopPruner(),  # Optuna's default is a median rule
             direction=self.direction,
             load_if_exists=True,
         )
@@ -153,14 +153,16 @@ class OptunaSweeper(Sweeper):
         return kept
 
     def describe(self) -> dict[str, Any]:
+        sweeper = self.config.hydra.sweeper
         return {
             "study_name": self.study_name,
             "storage": self.storage,
             "direction": self.direction,
             "n_trials": self.n_trials,
             "n_jobs": self.n_jobs,
-            "sampler": OmegaConf.to_container(self.config.hydra.sweeper.sampler, resolve=True),
-            "pruner": OmegaConf.to_container(self.config.hydra.sweeper.pruner, resolve=True),
+            "sampler": OmegaConf.to_container(sweeper.sampler, resolve=True),
+            # pruner=null: every trial runs its full length
+            "pruner": sweeper.pruner and OmegaConf.to_container(sweeper.pruner, resolve=True),
         }
 
     @staticmethod
