@@ -15,6 +15,7 @@ import argparse
 import json
 import logging
 import platform
+import statistics
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -24,14 +25,9 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import open_dict
 
+from fer_lab.overhead import compare_training
 from fer_lab.sweep_bench import trials_per_hour
-from fer_lab.throughput import (
-    bench_config,
-    fer_lab_training,
-    pipeline_throughput,
-    plain_training,
-    timed,
-)
+from fer_lab.throughput import bench_config, pipeline_throughput, timed
 from fer_lab.tracking import describe_hardware
 
 log = logging.getLogger("fer_lab.bench")
@@ -46,8 +42,14 @@ def arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps first")
-    parser.add_argument("--steps", type=int, default=30, help="timed training steps")
-    parser.add_argument("--repeats", type=int, default=2, help="interleaved rounds per model")
+    parser.add_argument(
+        "--steps",
+        type=lambda text: None if text == "epoch" else int(text),
+        default=None,
+        help="timed training steps (default: the rest of one epoch, so that the epoch-end "
+        "checkpoints and logging weigh as much as in training)",
+    )
+    parser.add_argument("--repeats", type=int, default=1, help="fits per model")
     parser.add_argument("--augmentation", default="strong", help="for the pipeline figures")
     parser.add_argument("--pipeline-batches", type=int, default=40)
     parser.add_argument(
@@ -126,36 +128,38 @@ def measure_pipelines(args: argparse.Namespace, workdir: Path) -> list[dict[str,
 
 
 def measure_training(args: argparse.Namespace, workdir: Path) -> list[dict[str, Any]]:
-    """Per model, fer_lab's path and the plain loop alternate (a b, then b a) so slow phases
-    of a shared machine hit both; each side's best round counts."""
+    """Per model, `--repeats` fits, each timing fer_lab and the plain loop step for step
+    (fer_lab/overhead.py); the median over the fits is reported."""
     results = []
     for model in args.models:
         overrides = [*base_overrides(args, workdir), f"model={model}", "data.pipeline=on_device"]
-        fer_lab, plain = [], []
-        for round_ in range(args.repeats):
-            order = ("fer_lab", "plain") if round_ % 2 == 0 else ("plain", "fer_lab")
-            for side in order:
-                cfg = bench_config(overrides, workdir / model / f"{side}{round_}")
-                if side == "fer_lab":
-                    fer_lab.append(fer_lab_training(cfg, args.warmup, args.steps))
-                else:
-                    datamodule = instantiate(cfg.data)
-                    attach_device(datamodule, args.device)
-                    plain.append(plain_training(cfg, datamodule, args.warmup, args.steps))
-        a = max(fer_lab, key=lambda t: t.images_per_s)
-        b = max(plain, key=lambda t: t.images_per_s)
+        rounds = [
+            compare_training(
+                bench_config(overrides, workdir / model / str(round_)), args.warmup, args.steps
+            )
+            for round_ in range(args.repeats)
+        ]
+        fer_lab = [a.images_per_s for a, _ in rounds]
+        plain = [b.images_per_s for _, b in rounds]
         results.append(
             {
                 "model": model,
-                "fer_lab_images_per_s": a.images_per_s,
-                "plain_images_per_s": b.images_per_s,
-                "ratio_plain_over_fer_lab": b.images_per_s / a.images_per_s,
-                "fer_lab_rounds": [t.images_per_s for t in fer_lab],
-                "plain_rounds": [t.images_per_s for t in plain],
-                "peak_memory_mb": max(a.peak_memory_mb, b.peak_memory_mb),
+                "timed_steps": rounds[0][0].steps,
+                "fer_lab_images_per_s": statistics.median(fer_lab),
+                "plain_images_per_s": statistics.median(plain),
+                "ratio_plain_over_fer_lab": statistics.median(
+                    b / a for a, b in zip(fer_lab, plain, strict=True)
+                ),
+                "fer_lab_rounds": fer_lab,
+                "plain_rounds": plain,
+                "peak_memory_mb": max(a.peak_memory_mb for a, _ in rounds),
             }
         )
-        log.info("%s: fer_lab %.0f img/s, plain %.0f img/s", model, a.images_per_s, b.images_per_s)
+        log.info(
+            "%s: plain/fer_lab per fit %s",
+            model,
+            [f"{b / a:.3f}" for a, b in zip(fer_lab, plain, strict=True)],
+        )
     return results
 
 
@@ -177,12 +181,12 @@ def report(result: dict[str, Any]) -> str:
         )
     if "training" in result:
         lines.append(
-            "\n| model | fer_lab img/s | plain img/s | plain/fer_lab | peak MB |"
-            "\n|---|---|---|---|---|"
+            "\n| model | steps | fer_lab img/s | plain img/s | plain/fer_lab | peak MB |"
+            "\n|---|---|---|---|---|---|"
         )
     for row in result.get("training", []):
         lines.append(
-            f"| {row['model']} | {row['fer_lab_images_per_s']:,.0f} | "
+            f"| {row['model']} | {row['timed_steps']} | {row['fer_lab_images_per_s']:,.0f} | "
             f"{row['plain_images_per_s']:,.0f} | {row['ratio_plain_over_fer_lab']:.3f} | "
             f"{row['peak_memory_mb']:,.0f} |"
         )

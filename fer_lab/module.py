@@ -81,13 +81,9 @@ class FERLitModule(pl.LightningModule):
         self.test_confusion: torch.Tensor | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
-
-    def on_after_batch_transfer(self, batch: Batch, dataloader_idx: int) -> Batch:
-        images, labels = batch
         if self.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        return images, labels
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.net(x)
 
     def _step(self, batch: Batch, split: str) -> tuple[torch.Tensor, ...]:
         images, labels = batch

@@ -1,6 +1,8 @@
 """The one LightningDataModule: any dataset loader, sized and normalised for the model."""
 
 import logging
+import multiprocessing
+import sys
 from collections.abc import Iterable, Sequence
 from typing import Protocol
 
@@ -27,6 +29,15 @@ def seed_augmentation(worker_id: int) -> None:
     `seed_everything` fixes, so runs repeat and workers do not repeat each other."""
     info = get_worker_info()
     info.dataset.transform.set_random_seed(info.seed % 2**32)
+
+
+def _worker_start(num_workers: int) -> multiprocessing.context.BaseContext | None:
+    """Loader workers fork on Linux, torch's own default there. Said explicitly because in a
+    sweep trial run by hydra/launcher=joblib the default context is loky's, whose processes
+    torch cannot start ("'Process' object has no attribute 'env'")."""
+    if num_workers > 0 and sys.platform.startswith("linux"):
+        return multiprocessing.get_context("fork")
+    return None
 
 
 class FaceSource(Protocol):
@@ -101,12 +112,15 @@ class FERDataModule(pl.LightningDataModule):
         self.setup()
         images = self.splits.train.images
         small = isinstance(images, np.ndarray) and max(images.shape[1:3]) <= ON_DEVICE_MAX_SIZE
-        supported = batch_augment.BatchTransform.supports(
+        if self.device().type != "cuda" or not small:
+            return "per_sample"
+        why_not = batch_augment.BatchTransform.unsupported(
             self.augmentation, self.preprocess, self.image_size
         )
-        if self.device().type == "cuda" and small and supported:
-            return "on_device"
-        return "per_sample"
+        if why_not:
+            log.info("data.pipeline=auto: per_sample, because %s", why_not)
+            return "per_sample"
+        return "on_device"
 
     def _loader(self, split: str, train: bool) -> Iterable:
         self.setup()
@@ -123,6 +137,7 @@ class FERDataModule(pl.LightningDataModule):
             pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,
             worker_init_fn=seed_augmentation,
+            multiprocessing_context=_worker_start(self.num_workers),
         )
 
     def _device_batches(self, split: str, train: bool) -> DeviceBatches:
@@ -135,17 +150,20 @@ class FERDataModule(pl.LightningDataModule):
             log.info(
                 "data.pipeline=on_device: %s split, %s on %s", split, tuple(images.shape), device
             )
-        transform = batch_augment.BatchTransform.from_albumentations(
-            self.augmentation, self.preprocess, self.image_size, self.seed
-        )
         trainer = getattr(self, "trainer", None)
+        rank = trainer.global_rank if trainer is not None else 0
+        # Each process augments its own share of a batch with its own random stream.
+        seed = None if self.seed is None else self.seed + rank
+        transform = batch_augment.BatchTransform.from_albumentations(
+            self.augmentation, self.preprocess, self.image_size, seed
+        )
         return DeviceBatches(
             *self._on_device[split],
             transform=transform,
             batch_size=self.batch_size,
             train=train,
-            seed=self.seed,
-            rank=trainer.global_rank if trainer is not None else 0,
+            seed=self.seed,  # the same shuffle everywhere, so the processes' shares are disjoint
+            rank=rank,
             world_size=trainer.world_size if trainer is not None else 1,
         )
 

@@ -27,6 +27,11 @@ def faces_as_tensor(faces: Faces, channels: int, image_size: int) -> torch.Tenso
     return torch.from_numpy(array.transpose(0, 3, 1, 2).copy())
 
 
+def _transform_all(images: torch.Tensor, transform: "batch_augment.BatchTransform") -> torch.Tensor:
+    """A whole split through a deterministic transform, in chunks to bound the float copies."""
+    return torch.cat([transform(chunk, train=False) for chunk in images.split(4096)])
+
+
 class DeviceBatches:
     """An iterable of (images, labels) batches for Lightning, drawn from tensors on `device`.
 
@@ -46,6 +51,8 @@ class DeviceBatches:
         rank: int = 0,
         world_size: int = 1,
     ) -> None:
+        # Without random ops every epoch sees the same pixels: transform them once.
+        self.ready = None if transform.is_random(train) else _transform_all(images, transform)
         self.images = images
         self.labels = labels
         self.transform = transform
@@ -76,4 +83,7 @@ class DeviceBatches:
         indices = self._indices()
         for start in range(0, len(self) * self.batch_size, self.batch_size):
             batch = indices[start : start + self.batch_size]
-            yield self.transform(self.images[batch], train=self.train), self.labels[batch]
+            if self.ready is not None:
+                yield self.ready[batch], self.labels[batch]
+            else:
+                yield self.transform(self.images[batch], train=self.train), self.labels[batch]

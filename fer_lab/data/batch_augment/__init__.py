@@ -90,6 +90,10 @@ class BatchTransform:
             self._generators[device] = torch.Generator(device).manual_seed((seed ^ _SALT) % 2**63)
         return self._generators[device]
 
+    def is_random(self, train: bool) -> bool:
+        """Whether calls differ from one another (else a split can be transformed once)."""
+        return train and bool(self.steps)
+
     def __call__(self, images: Tensor, train: bool) -> Tensor:
         """float32 [B, C, image_size, image_size]; `train=False` only resizes and normalises."""
         if images.dtype != torch.uint8 or images.dim() != 4:
