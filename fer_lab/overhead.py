@@ -77,12 +77,14 @@ def precision_context(
 
 
 class Lockstep(pl.Callback):
-    """Times each fer_lab step (hooks included) and, after it, one plain step.
+    """Times each fer_lab step (hooks included) and one plain step beside it: before it on
+    even steps, after it on odd ones, so neither side always runs on the other's caches.
 
     fer_lab's time is its steps plus everything between them and after the last (fetching
     and transforming the next batch, logging, the epoch-end checkpoints), with the plain
-    steps taken out. Steps use the median step time, so a slow moment of the machine does
-    not count against whichever side it hit.
+    steps taken out. Plain steps count at their median time and fer_lab's at the median
+    ratio to the plain step beside them, so a slow moment of the machine does not count
+    against whichever side it hit.
     """
 
     def __init__(self, plain: PlainLoop, warmup: int) -> None:
@@ -92,22 +94,31 @@ class Lockstep(pl.Callback):
         self.images = 0
         self.started = self.ended = self.step_started = 0.0
 
-    def on_train_batch_start(self, trainer, module, batch, batch_idx: int) -> None:
+    def _plain_step(self, batch_idx: int) -> None:
         sync(self.device)
+        started = time.perf_counter()
+        self.plain.step(batch_idx)
+        sync(self.device)
+        if batch_idx >= self.warmup:
+            self.plain_steps.append(time.perf_counter() - started)
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx: int) -> None:
         if batch_idx == self.warmup:
+            sync(self.device)
             reset_peak_memory(self.device)
             self.started = time.perf_counter()
+        if batch_idx % 2 == 0:
+            self._plain_step(batch_idx)
+        sync(self.device)
         self.step_started = time.perf_counter()
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx: int) -> None:
         sync(self.device)
-        fer_lab_done = time.perf_counter()
-        self.plain.step(batch_idx)
-        sync(self.device)
         if batch_idx >= self.warmup:
-            self.fer_lab_steps.append(fer_lab_done - self.step_started)
-            self.plain_steps.append(time.perf_counter() - fer_lab_done)
+            self.fer_lab_steps.append(time.perf_counter() - self.step_started)
             self.images += len(batch[1])
+        if batch_idx % 2 == 1:
+            self._plain_step(batch_idx)
 
     def on_train_end(self, trainer, module) -> None:
         sync(self.device)
@@ -117,8 +128,10 @@ class Lockstep(pl.Callback):
         n, peak = len(self.fer_lab_steps), peak_memory_mb(self.device)
         wall = self.ended - self.started
         between = wall - sum(self.fer_lab_steps) - sum(self.plain_steps)
-        fer_lab = n * statistics.median(self.fer_lab_steps) + between
         plain = n * statistics.median(self.plain_steps)
+        # Each fer_lab step against the plain step beside it, which ran in the same moment.
+        pairs = zip(self.fer_lab_steps, self.plain_steps, strict=True)
+        fer_lab = plain * statistics.median(f / p for f, p in pairs) + between
         return Throughput(self.images / fer_lab, n, peak), Throughput(self.images / plain, n, peak)
 
 
