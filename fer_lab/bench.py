@@ -181,7 +181,7 @@ def report(result: dict[str, Any]) -> str:
         )
     if "training" in result:
         lines.append(
-            "\n| model | steps | fer_lab img/s | plain img/s | plain/fer_lab | peak MB |"
+            "\n| model | steps | fer_lab img/s | plain img/s | plain/fer_lab | peak MB* |"
             "\n|---|---|---|---|---|---|"
         )
     for row in result.get("training", []):
@@ -189,6 +189,11 @@ def report(result: dict[str, Any]) -> str:
             f"| {row['model']} | {row['timed_steps']} | {row['fer_lab_images_per_s']:,.0f} | "
             f"{row['plain_images_per_s']:,.0f} | {row['ratio_plain_over_fer_lab']:.3f} | "
             f"{row['peak_memory_mb']:,.0f} |"
+        )
+    if "training" in result:
+        lines.append(
+            "*GPU: peak allocation of that model's fits; CPU: the process's peak RSS so far, "
+            "which includes everything measured before it."
         )
     if result.get("sweep"):
         lines.append("\n| trials at once | trials | wall s | trials/hour |\n|---|---|---|---|")

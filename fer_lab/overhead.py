@@ -1,10 +1,10 @@
 """What fer_lab's training path costs over a hand-written PyTorch loop, measured in lockstep.
 
-A shared machine's speed drifts by 20% and more between runs of seconds (measured here:
-the same plain loop, five times in one process, 517 to 956 img/s), which would swamp a 5%
-budget if the two sides ran one after the other. So both run in one fit: after each of
-fer_lab's steps a callback runs one step of the plain loop, and each side's step times are
-taken side by side, under the same conditions.
+A shared machine's speed drifts by 20% and more between runs of seconds (measured here: five
+fits of the same plain loop in one process, between fer_lab fits, 517 to 956 img/s), which
+would swamp a 5% budget if the two sides ran one after the other. So both run in one fit: a
+callback runs one step of the plain loop beside each of fer_lab's steps, and each side's
+step times are taken side by side, under the same conditions.
 """
 
 import statistics
