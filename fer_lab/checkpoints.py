@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from fer_lab.data.transforms import build_transforms
 from fer_lab.errors import ConfigError
 from fer_lab.models import FERNet
+from fer_lab.run_control import UntrustedCheckpointError, load_checkpoint
 
 
 @dataclass
@@ -53,13 +54,29 @@ class TrainedModel:
         return read_state(self.path.parent.parent).get("mlflow_run_id")
 
 
+def inference_device(name: str) -> torch.device:
+    """`device=` of eval and predict: `auto` (a CUDA GPU when torch sees one, else the CPU) or
+    a torch device name; a name torch rejects, or CUDA without a GPU, is a ConfigError."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as error:
+        raise ConfigError(f"device={name!r}: {error}; use auto, cpu or cuda[:N]") from error
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device={name!r}: torch sees no CUDA GPU here; use device=auto or cpu")
+    return device
+
+
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """The raw checkpoint dict, or a ConfigError naming `ckpt_path` and what is wrong."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise ConfigError(f"ckpt_path={path}: no such file")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+        checkpoint = load_checkpoint(path)
+    except UntrustedCheckpointError as error:
+        raise ConfigError(f"ckpt_path={error}") from None
     except Exception as error:  # torch raises several types for a file that is not a checkpoint
         raise ConfigError(f"ckpt_path={path}: not a readable checkpoint ({error})") from error
     if "fer_lab_config" not in checkpoint or "state_dict" not in checkpoint:

@@ -19,7 +19,7 @@ from mlflow.exceptions import MlflowException
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
-from fer_lab.checkpoints import TrainedModel, load_trained
+from fer_lab.checkpoints import TrainedModel, inference_device, load_trained
 from fer_lab.cli import run, user_errors_exit_2
 from fer_lab.config import CONFIG_PATH
 from fer_lab.config_checks import check_classes
@@ -79,11 +79,7 @@ def check_settings(cfg: DictConfig) -> torch.device:
         raise ConfigError(f"tencrop_scale={cfg.tencrop_scale}: must be >= 1 (crops keep the size)")
     if cfg.data.batch_size < 1 or cfg.data.num_workers < 0:
         raise ConfigError("data.batch_size must be >= 1 and data.num_workers >= 0")
-    name = "cuda" if cfg.device == "auto" and torch.cuda.is_available() else cfg.device
-    try:
-        return torch.device("cpu" if name == "auto" else name)
-    except RuntimeError as error:
-        raise ConfigError(f"device={cfg.device!r}: {error}") from error
+    return inference_device(cfg.device)
 
 
 def dataset_source(cfg: DictConfig, trained: TrainedModel) -> FaceSource:

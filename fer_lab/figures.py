@@ -19,6 +19,8 @@ from matplotlib.ticker import MaxNLocator
 from torch import nn
 from torch.utils.data import DataLoader
 
+from fer_lab.run_control import load_checkpoint
+
 log = logging.getLogger(__name__)
 
 CURVE_COLUMNS = ("train/loss", "val/loss", "train/acc", "val/acc")
@@ -111,7 +113,7 @@ def most_confused_pair(confusion: np.ndarray) -> tuple[int, int] | None:
 def net_from_checkpoint(net: nn.Module, checkpoint: str | Path, device: torch.device) -> nn.Module:
     """A copy of `net` with a Lightning checkpoint's `net.*` weights, in eval mode: the training
     module (and what `trainer.test` sees) keeps its own weights."""
-    state = torch.load(checkpoint, map_location="cpu", mmap=True, weights_only=False)
+    state = load_checkpoint(checkpoint, mmap=True)
     weights = {
         key.removeprefix("net."): value
         for key, value in state["state_dict"].items()
@@ -137,12 +139,15 @@ def find_misclassified(
     probabilities: list[torch.Tensor] = []
     offset = 0
     for inputs, labels in loader:
-        p = net(inputs.to(device)).float().softmax(dim=1).cpu()
+        # The loader may hand over tensors on the GPU (the on-device path) or on the CPU: all
+        # selection happens on the network's device, and only the few hits go to the CPU.
+        inputs, labels = inputs.to(device), labels.to(device)
+        p = net(inputs).float().softmax(dim=1)
         hits = torch.nonzero((labels == true) & (p.argmax(dim=1) == predicted)).flatten()
         hits = hits[: limit - len(indices)]
         indices += (hits + offset).tolist()
-        images.append(inputs[hits].float().mean(dim=1))
-        probabilities.append(p[hits])
+        images.append(inputs[hits].float().mean(dim=1).cpu())
+        probabilities.append(p[hits].cpu())
         offset += len(labels)
         if len(indices) >= limit:
             break

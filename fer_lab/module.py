@@ -1,4 +1,8 @@
-"""The LightningModule: loss, metrics and optimiser wiring around any `FERNet`."""
+"""The LightningModule: loss, metrics and optimiser wiring around any `FERNet`.
+
+A training step queues its work on the device and returns: nothing in it, the metrics or the
+non-finite-loss guard waits for the GPU (see README, "GPU").
+"""
 
 from collections.abc import Callable
 from typing import Any
@@ -6,7 +10,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from torch import nn
-from torchmetrics import MaxMetric, MeanMetric, MetricCollection
+from torchmetrics import MaxMetric, Metric, MetricCollection
 from torchmetrics.classification import (
     MulticlassAccuracy,
     MulticlassConfusionMatrix,
@@ -16,10 +20,35 @@ from torchmetrics.classification import (
 )
 
 from fer_lab.models import FERNet
-from fer_lab.run_control import check_finite
+from fer_lab.run_control import NonFiniteLossWatch
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 SPLITS = ("train", "val", "test")
+# Steps between two reads of the non-finite-loss record, each a host sync: a NaN run stops
+# within this many steps, and before any validation, checkpoint or logged epoch.
+NONFINITE_CHECK_EVERY = 50
+
+
+class BatchMean(Metric):
+    """The per-image mean of a loss given as per-batch means, accumulated without a host sync.
+
+    torchmetrics' MeanMetric checks each value for NaN (a sync per step) unless told
+    `nan_strategy="disable"`, which in torchmetrics 1.9 also replaces the weights by ones.
+    """
+
+    full_state_update = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.add_state("total", torch.zeros(()), dist_reduce_fx="sum")
+        self.add_state("count", torch.zeros(()), dist_reduce_fx="sum")
+
+    def update(self, batch_mean: torch.Tensor, batch_size: int) -> None:
+        self.total += batch_mean.detach().float() * batch_size
+        self.count += batch_size
+
+    def compute(self) -> torch.Tensor:
+        return self.total / self.count
 
 
 class FERLitModule(pl.LightningModule):
@@ -52,29 +81,34 @@ class FERLitModule(pl.LightningModule):
         self.scheduler = scheduler
         self.class_names = list(class_names)
         self.config = config
-        n = len(class_names)
+        # Labels and logits come from fer_lab's own loaders and network: checking them on every
+        # step (torch.unique and friends) would make the host wait for the GPU each time.
+        n, unchecked = len(class_names), {"validate_args": False}
 
         def summary() -> MetricCollection:
             return MetricCollection(
                 {
-                    "acc": MulticlassAccuracy(n, average="micro"),
-                    "f1_macro": MulticlassF1Score(n, average="macro"),
+                    "acc": MulticlassAccuracy(n, average="micro", **unchecked),
+                    "f1_macro": MulticlassF1Score(n, average="macro", **unchecked),
                 }
             )
 
-        self.train_metrics = MetricCollection({"acc": MulticlassAccuracy(n, average="micro")})
+        self.train_metrics = MetricCollection(
+            {"acc": MulticlassAccuracy(n, average="micro", **unchecked)}
+        )
         self.val_metrics = summary()
         self.test_metrics = summary()
         self.test_per_class = MetricCollection(
             {
-                "precision": MulticlassPrecision(n, average=None),
-                "recall": MulticlassRecall(n, average=None),
-                "f1": MulticlassF1Score(n, average=None),
+                "precision": MulticlassPrecision(n, average=None, **unchecked),
+                "recall": MulticlassRecall(n, average=None, **unchecked),
+                "f1": MulticlassF1Score(n, average=None, **unchecked),
             }
         )
-        self.mean_loss = nn.ModuleDict({f"{split}_loss": MeanMetric() for split in SPLITS})
-        self.val_confusion = MulticlassConfusionMatrix(n)
-        self.test_confusion_metric = MulticlassConfusionMatrix(n)
+        self.mean_loss = nn.ModuleDict({f"{split}_loss": BatchMean() for split in SPLITS})
+        self.val_confusion = MulticlassConfusionMatrix(n, **unchecked)
+        self.test_confusion_metric = MulticlassConfusionMatrix(n, **unchecked)
+        self.nonfinite = NonFiniteLossWatch()
         self.val_acc_best = MaxMetric()
         self.val_acc_best.persistent(True)  # a resumed run keeps its best epoch
         self.best_val_confusion: torch.Tensor | None = None
@@ -89,7 +123,7 @@ class FERLitModule(pl.LightningModule):
         images, labels = batch
         logits = self(images)
         loss = self.loss_fn(logits, labels) + self.net.regularization_loss()
-        self.mean_loss[f"{split}_loss"].update(loss.detach(), weight=len(labels))
+        self.mean_loss[f"{split}_loss"].update(loss, len(labels))
         self.log(
             f"{split}/loss",
             self.mean_loss[f"{split}_loss"],
@@ -101,12 +135,23 @@ class FERLitModule(pl.LightningModule):
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         loss, logits, labels = self._step(batch, "train")
-        check_finite(loss, self.current_epoch, self.global_step, batch_idx)
+        self.nonfinite.observe(loss, self.current_epoch, self.global_step, batch_idx)
         self.train_metrics.update(logits, labels)
         self.log(
             "train/acc", self.train_metrics["acc"], on_step=False, on_epoch=True, prog_bar=True
         )
         return loss
+
+    def on_train_batch_end(self, outputs: Any, batch: Batch, batch_idx: int) -> None:
+        if (batch_idx + 1) % NONFINITE_CHECK_EVERY == 0:
+            self.nonfinite.raise_if_seen()
+
+    def on_validation_start(self) -> None:
+        self.nonfinite.raise_if_seen()  # validation must not score (and save) broken weights
+
+    def on_train_epoch_end(self) -> None:
+        # Lightning calls this before the checkpoint callbacks and the epoch's logging.
+        self.nonfinite.raise_if_seen()
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         _, logits, labels = self._step(batch, "val")

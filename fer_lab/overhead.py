@@ -1,37 +1,45 @@
-"""What fer_lab's training path costs over a hand-written PyTorch loop, measured in lockstep.
+"""What fer_lab's training path costs over a hand-written PyTorch loop, timed in one of two ways.
 
-A shared machine's speed drifts by 20% and more between runs of seconds (measured here: five
-fits of the same plain loop in one process, between fer_lab fits, 517 to 956 img/s), which
-would swamp a 5% budget if the two sides ran one after the other. So both run in one fit: a
-callback runs one step of the plain loop beside each of fer_lab's steps, and each side's
-step times are taken side by side, under the same conditions.
+Lockstep (the default on a CPU): a shared machine's speed drifts by 20% and more between runs
+of seconds (measured here: five fits of the same plain loop in one process, between fer_lab
+fits, 517 to 956 img/s), which would swamp a 5% budget if the two sides ran one after the
+other. So both run in one fit: a callback runs one step of the plain loop beside each of
+fer_lab's steps, and each side's step times are taken side by side, under the same conditions.
+
+Free-running (the default on a GPU): a GPU runs kernels while the host queues the next ones.
+Lockstep's syncs around every step stop the host from running ahead, hiding exactly the host
+overhead that matters there: whether fer_lab's host work (hooks, logging, the next batch) stays
+under the device's work or starves it. So each side runs alone, synced only where its clock
+starts and stops: fer_lab's real fit, then, once it is released, the plain loop. They run one
+after the other, so drift between them is unguarded: `--repeats` takes the median of fits.
 """
 
 import statistics
 import time
-from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
 
 import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
 
 from fer_lab.data import FERDataModule
-from fer_lab.throughput import cycle, device_of, peak_memory_mb, reset_peak_memory, sync
+from fer_lab.throughput import (
+    Throughput,
+    cycle,
+    device_of,
+    one_epoch,
+    peak_memory_mb,
+    precision_context,
+    release_memory,
+    reset_peak_memory,
+    sync,
+)
 from fer_lab.training import build_job, keep_deterministic_fast, supported_precision
 
 
-@dataclass
-class Throughput:
-    images_per_s: float
-    steps: int
-    peak_memory_mb: float
-
-
 class PlainLoop:
-    """The reference: the same network, optimiser, loss, batch size, precision, memory format
-    and torch settings as `cfg`, fed from normalised batches made up front; nothing else."""
+    """The reference: `cfg`'s network, optimiser, loss, batch size, precision, memory format,
+    compilation and torch settings, fed from normalised batches made up front; nothing else."""
 
     def __init__(self, cfg: DictConfig, batches: int | None) -> None:
         """`batches` made up front (None: an epoch's worth)."""
@@ -43,6 +51,8 @@ class PlainLoop:
         self.net = instantiate(cfg.model).to(self.device)
         memory_format = torch.channels_last if cfg.speed.channels_last else torch.preserve_format
         self.net = self.net.to(memory_format=memory_format).train()
+        if cfg.speed.compile:
+            self.net.compile()  # in place, as FERLitModule does
         self.optimizer = instantiate(cfg.optimizer)(params=self.net.parameters())
         self.loss_fn = instantiate(cfg.loss, class_counts=datamodule.class_counts("train"))
         self.loss_fn = self.loss_fn.to(self.device)
@@ -55,7 +65,7 @@ class PlainLoop:
         self.autocast, self.scaler = precision_context(precision, self.device)
 
     def step(self, index: int) -> int:
-        """One training step on batch `index`; returns its number of images."""
+        """One training step on batch `index`; returns its number of images (no sync)."""
         x, y = self.batches[index]
         with self.autocast:
             loss = self.loss_fn(self.net(x), y) + self.net.regularization_loss()
@@ -64,16 +74,6 @@ class PlainLoop:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         return len(y)
-
-
-def precision_context(
-    precision: str, device: torch.device
-) -> tuple[AbstractContextManager, torch.amp.GradScaler]:
-    """Autocast and a gradient scaler matching Lightning's precision plugin for `precision`."""
-    dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(str(precision))
-    context = torch.autocast(device.type, dtype=dtype) if dtype else nullcontext()
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype is torch.float16)
-    return context, scaler
 
 
 class Lockstep(pl.Callback):
@@ -105,7 +105,6 @@ class Lockstep(pl.Callback):
     def on_train_batch_start(self, trainer, module, batch, batch_idx: int) -> None:
         if batch_idx == self.warmup:
             sync(self.device)
-            reset_peak_memory(self.device)
             self.started = time.perf_counter()
         if batch_idx % 2 == 0:
             self._plain_step(batch_idx)
@@ -125,6 +124,7 @@ class Lockstep(pl.Callback):
         self.ended = time.perf_counter()
 
     def results(self) -> tuple[Throughput, Throughput]:
+        """Both sides share the process at once: each gets the peak memory of the two."""
         n, peak = len(self.fer_lab_steps), peak_memory_mb(self.device)
         wall = self.ended - self.started
         between = wall - sum(self.fer_lab_steps) - sum(self.plain_steps)
@@ -135,24 +135,74 @@ class Lockstep(pl.Callback):
         return Throughput(self.images / fer_lab, n, peak), Throughput(self.images / plain, n, peak)
 
 
+class FreeRunning(pl.Callback):
+    """Clocks fer_lab's fit from the start of step `warmup` to the end of training, syncing the
+    device only there, so the host runs ahead as in training and the span holds everything
+    between the steps and after the last (the next batch, hooks, logging, the checkpoints)."""
+
+    def __init__(self, device: torch.device, warmup: int) -> None:
+        self.device, self.warmup = device, warmup
+        self.steps = self.images = 0
+        self.started = self.ended = 0.0
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx: int) -> None:
+        if batch_idx == self.warmup:
+            sync(self.device)
+            self.started = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx: int) -> None:
+        if batch_idx >= self.warmup:
+            self.steps += 1
+            self.images += len(batch[1])  # a shape: no sync
+
+    def on_train_end(self, trainer, module) -> None:
+        sync(self.device)
+        self.ended = time.perf_counter()
+
+
 def compare_training(
     cfg: DictConfig, warmup: int, steps: int | None
 ) -> tuple[Throughput, Throughput]:
-    """(fer_lab, plain) throughput, step for step, over the steps after `warmup` of one epoch
-    (`steps` of them, or the whole epoch for None), validation off: `python -m fer_lab.train`'s
-    own path (DataModule, LightningModule, every configured callback, the MLflow logger, the
-    epoch-end checkpoints) against the plain loop."""
-    with open_dict(cfg):
-        cfg.trainer.max_epochs = 1
-        cfg.trainer.limit_train_batches = 1.0 if steps is None else warmup + steps
-        cfg.trainer.limit_val_batches = 0
-        cfg.trainer.num_sanity_val_steps = 0
-        cfg.trainer.enable_progress_bar = False
-        cfg.trainer.enable_model_summary = False
-        cfg.test = False
+    """(fer_lab, plain) throughput in lockstep over the steps after `warmup` of one epoch
+    (`steps` of them, or all for None), validation off: `python -m fer_lab.train`'s own path
+    (DataModule, LightningModule, every configured callback, the MLflow logger, the epoch-end
+    checkpoints) against the plain loop."""
+    one_epoch(cfg, warmup, steps)
+    reset_peak_memory(device_of(cfg))
     plain = PlainLoop(cfg, None if steps is None else warmup + steps)
     pl.seed_everything(cfg.seed)
     lockstep = Lockstep(plain, warmup)
     job = build_job(cfg, extra_callbacks=[lockstep])
     job.trainer.fit(job.module, datamodule=job.datamodule)
     return lockstep.results()
+
+
+def compare_training_free(
+    cfg: DictConfig, warmup: int, steps: int | None
+) -> tuple[Throughput, Throughput]:
+    """(fer_lab, plain) throughput free-running over the same steps as `compare_training`:
+    fer_lab's fit, then, once it is released, as many plain steps. Each side's peak memory is
+    its own: the peak is reset before that side builds its data and model."""
+    one_epoch(cfg, warmup, steps)
+    device = device_of(cfg)
+    reset_peak_memory(device)
+    pl.seed_everything(cfg.seed)
+    clock = FreeRunning(device, warmup)
+    job = build_job(cfg, extra_callbacks=[clock])
+    job.trainer.fit(job.module, datamodule=job.datamodule)
+    if clock.steps == 0:
+        raise ValueError(f"the epoch has no steps after the {warmup} warm-up steps")
+    seconds = clock.ended - clock.started
+    fer_lab = Throughput(clock.images / seconds, clock.steps, peak_memory_mb(device))
+    del job
+    release_memory(device)
+    reset_peak_memory(device)
+    plain = PlainLoop(cfg, warmup + clock.steps)
+    for index in range(warmup):
+        plain.step(index)
+    sync(device)
+    started = time.perf_counter()
+    images = sum(plain.step(index) for index in range(warmup, warmup + clock.steps))
+    sync(device)
+    seconds = time.perf_counter() - started
+    return fer_lab, Throughput(images / seconds, clock.steps, peak_memory_mb(device))

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from fer_lab.checkpoints import TrainedModel, load_trained
+from fer_lab.checkpoints import TrainedModel, inference_device, load_trained
 from fer_lab.cli import run, user_errors_exit_2
 from fer_lab.config import CONFIG_PATH
 from fer_lab.data.faces import IMAGE_SUFFIXES, image_problem, read_image, to_channels
@@ -54,7 +54,11 @@ class FacePredictor:
     """Finds the faces of a photo and gives each one's class probabilities."""
 
     def __init__(
-        self, trained: TrainedModel, detector: FaceDetector | None, margin: float, device: str
+        self,
+        trained: TrainedModel,
+        detector: FaceDetector | None,
+        margin: float,
+        device: torch.device,
     ) -> None:
         self.net = trained.net.to(device)
         self.transform = trained.eval_transform()
@@ -148,10 +152,11 @@ def predict(cfg: DictConfig) -> dict[str, int]:
             )
     if cfg.margin < 0:
         raise ConfigError(f"margin={cfg.margin}: must be >= 0 (a fraction of the face box)")
+    device = inference_device(cfg.device)
     paths = list_images(cfg.images)  # the quick checks first, then the checkpoint
     detector = FaceDetector(**cfg.detector) if cfg.detect else None
     trained = load_trained(cfg.ckpt_path)
-    predictor = FacePredictor(trained, detector, cfg.margin, cfg.device)
+    predictor = FacePredictor(trained, detector, cfg.margin, device)
     annotate_dir = Path(cfg.annotate_dir).expanduser().resolve() if cfg.annotate_dir else None
     output = Path(cfg.output).expanduser()
     header = ["file", "face", "x", "y", "w", "h", "emotion", "confidence", *trained.classes, "note"]

@@ -10,11 +10,11 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from fer_lab.errors import ConfigError
+from fer_lab.run_control import load_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ def _explicit(path: Path, here: Path) -> ResumePoint:
 
 def _point(output_dir: Path, checkpoint: Path, run_id: str | None) -> ResumePoint:
     # mmap: only the few small entries read here are paged in, not the weights.
-    saved = torch.load(checkpoint, map_location="cpu", mmap=True, weights_only=False)
+    saved = load_checkpoint(checkpoint, mmap=True)
     return ResumePoint(output_dir, checkpoint, run_id, saved.get("fer_lab_classes"))
 
 

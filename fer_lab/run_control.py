@@ -1,7 +1,9 @@
-"""Stopping safely: atomic checkpoints, Ctrl-C/SIGTERM at a batch boundary, non-finite losses."""
+"""Checkpoints and stopping safely: checkpoints written atomically and read as data only,
+Ctrl-C/SIGTERM at a batch boundary, non-finite losses caught without a per-step host sync."""
 
 import logging
 import os
+import pickle
 import signal
 from pathlib import Path
 from types import FrameType
@@ -11,9 +13,52 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.plugins import TorchCheckpointIO
 
-from fer_lab.errors import FERLabError
+from fer_lab.errors import ConfigError, FERLabError
 
 log = logging.getLogger(__name__)
+
+# Files whose whole pickle the user vouches for, separated by os.pathsep (see load_checkpoint).
+TRUST_ENV = "FER_LAB_TRUSTED_CHECKPOINTS"
+
+
+class UntrustedCheckpointError(ConfigError):
+    """A checkpoint holds objects that unpickling would have to run code for."""
+
+
+def _trusted(path: Path) -> bool:
+    listed = os.environ.get(TRUST_ENV, "").split(os.pathsep)
+    return path.resolve() in {Path(entry).expanduser().resolve() for entry in listed if entry}
+
+
+def load_checkpoint(
+    path: str | Path, map_location: Any = "cpu", mmap: bool = False
+) -> dict[str, Any]:
+    """A checkpoint as data: `torch.load(weights_only=True)`, which builds only tensors,
+    containers and primitives and runs no code from the file.
+
+    fer_lab's own checkpoints (weights, optimiser and scheduler state, the resolved config as
+    plain containers, class names, callback state) need nothing more, so no other type is
+    allowed. A shared `.ckpt` with anything else (a pickled callable, a custom class) is
+    refused; a user who trusts its source names it in FER_LAB_TRUSTED_CHECKPOINTS.
+    """
+    path = Path(path).expanduser()
+    if _trusted(path):
+        log.warning("%s: fully unpickled, trusted through %s", path, TRUST_ENV)
+        return torch.load(path, map_location=map_location, mmap=mmap, weights_only=False)
+    try:
+        return torch.load(path, map_location=map_location, mmap=mmap, weights_only=True)
+    except pickle.UnpicklingError:
+        try:
+            unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+        except Exception:  # not a torch.save file at all: the caller's error says so
+            unsafe = []
+        if not unsafe:
+            raise
+    raise UntrustedCheckpointError(
+        f"{path}: refused to load: it holds {', '.join(unsafe)}, which unpickling would have to "
+        "run code for (a fer_lab checkpoint holds only tensors, containers and numbers). If you "
+        f"trust where it came from, run again with {TRUST_ENV}={path.resolve()}"
+    )
 
 
 class NonFiniteLossError(FERLabError):
@@ -49,6 +94,14 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             file.flush()
             os.fsync(file.fileno())
         os.replace(partial, path)
+
+    def load_checkpoint(
+        self, path: str | Path, map_location: Any = None, weights_only: bool | None = None
+    ) -> dict[str, Any]:
+        """What `resume` continues from, read as data whatever Lightning asks for."""
+        if "://" in str(path):
+            return super().load_checkpoint(path, map_location, weights_only=True)
+        return load_checkpoint(path, map_location or "cpu")
 
 
 class GracefulStop(pl.Callback):
@@ -100,11 +153,35 @@ class GracefulStop(pl.Callback):
         self._stop_if_asked(trainer)
 
 
-def check_finite(loss: torch.Tensor, epoch: int, step: int, batch_idx: int) -> None:
-    """Raise before the optimiser step uses a NaN or infinite loss."""
-    if not torch.isfinite(loss):
-        raise NonFiniteLossError(
-            f"train/loss is {loss.item()} at epoch {epoch}, step {step} (batch {batch_idx} of "
-            "the epoch); the last good checkpoint is kept. Lower optimizer.lr, set "
-            "trainer.gradient_clip_val, or check the data for extreme values"
+class NonFiniteLossWatch:
+    """Notes the first non-finite training loss on the loss's own device, so that watching
+    costs a training step no host sync; `raise_if_seen` reads the note (one sync) where a bad
+    state could leave the process: before validation, at the end of the epoch (before the
+    checkpoints and the epoch's metrics) and every so many steps.
+    """
+
+    def __init__(self) -> None:
+        self._first_bad: torch.Tensor | None = None  # [seen, loss, epoch, step, batch]
+
+    def observe(self, loss: torch.Tensor, epoch: int, step: int, batch_idx: int) -> None:
+        loss = loss.detach().double()
+        if self._first_bad is None:
+            self._first_bad = loss.new_zeros(5)
+        # new_full fills on the device: no host-to-device copy, which would sync.
+        now = torch.stack(
+            [loss.new_ones(()), loss, *(loss.new_full((), n) for n in (epoch, step, batch_idx))]
         )
+        first = ~torch.isfinite(loss) & (self._first_bad[0] == 0)
+        self._first_bad = torch.where(first, now, self._first_bad)
+
+    def raise_if_seen(self) -> None:
+        if self._first_bad is None:
+            return
+        seen, loss, epoch, step, batch_idx = self._first_bad.tolist()
+        if seen:
+            raise NonFiniteLossError(
+                f"train/loss is {loss} at epoch {int(epoch)}, step {int(step)} (batch "
+                f"{int(batch_idx)} of the epoch); the run stopped before validating or saving "
+                "the weights that followed, the last good checkpoint is kept. Lower "
+                "optimizer.lr, set trainer.gradient_clip_val, or check the data for extreme values"
+            )

@@ -1,9 +1,13 @@
 """What `python -m fer_lab.bench` measures besides training (fer_lab/overhead.py): the two
-data pipelines and dataset load times; and the helpers both share."""
+data pipelines and dataset load times; and the helpers both share, with those the two training
+timings share (the one-epoch config, device sync, peak memory, precision)."""
 
-import resource
+import gc
+import re
 import time
 from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager, nullcontext, suppress
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -13,6 +17,15 @@ from omegaconf import DictConfig, open_dict
 
 from fer_lab.config import on_gpu
 from fer_lab.data import FERDataModule
+
+
+@dataclass
+class Throughput:
+    """One side of a training comparison: its speed, the steps timed, its peak memory."""
+
+    images_per_s: float
+    steps: int
+    peak_memory_mb: float
 
 
 def bench_config(overrides: list[str], output_dir: Path) -> DictConfig:
@@ -29,6 +42,19 @@ def bench_config(overrides: list[str], output_dir: Path) -> DictConfig:
     return cfg
 
 
+def one_epoch(cfg: DictConfig, warmup: int, steps: int | None) -> None:
+    """Set `cfg` to fit `warmup + steps` batches of one epoch (None: all of it) and nothing
+    else: no validation, no test, no progress bar or model summary."""
+    with open_dict(cfg):
+        cfg.trainer.max_epochs = 1
+        cfg.trainer.limit_train_batches = 1.0 if steps is None else warmup + steps
+        cfg.trainer.limit_val_batches = 0
+        cfg.trainer.num_sanity_val_steps = 0
+        cfg.trainer.enable_progress_bar = False
+        cfg.trainer.enable_model_summary = False
+        cfg.test = False
+
+
 def device_of(cfg: DictConfig) -> torch.device:
     return torch.device("cuda" if on_gpu(cfg.trainer.accelerator) else "cpu")
 
@@ -39,15 +65,40 @@ def sync(device: torch.device) -> None:
 
 
 def peak_memory_mb(device: torch.device) -> float:
-    """The GPU's peak allocation since the last reset, or the process's peak RSS on a CPU."""
+    """The GPU's peak allocation since `reset_peak_memory`, or on a CPU the process's peak RSS
+    (Linux's VmHWM: Python and torch included) since then."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    status = Path("/proc/self/status").read_text()
+    return int(re.search(r"^VmHWM:\s+(\d+) kB", status, re.MULTILINE).group(1)) / 1024
 
 
 def reset_peak_memory(device: torch.device) -> None:
+    """Start a new peak. On a CPU, Linux resets VmHWM to the current RSS on a write of "5" to
+    /proc/self/clear_refs; where that is refused, the peak stays the process's peak so far."""
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+        return
+    with suppress(OSError):
+        Path("/proc/self/clear_refs").write_text("5")
+
+
+def release_memory(device: torch.device) -> None:
+    """Free what the last measurement dropped before the next one starts its peak: Lightning's
+    objects refer to each other (only a collection frees them) and CUDA caches freed blocks."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def precision_context(
+    precision: str, device: torch.device
+) -> tuple[AbstractContextManager, torch.amp.GradScaler]:
+    """Autocast and a gradient scaler matching Lightning's precision plugin for `precision`."""
+    dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(str(precision))
+    context = torch.autocast(device.type, dtype=dtype) if dtype else nullcontext()
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype is torch.float16)
+    return context, scaler
 
 
 def cycle(batches: Iterable, count: int) -> Iterable:

@@ -63,7 +63,7 @@ def predict_proba(
         views = tta_views(images.to(device), mode, scale)
         total = sum(torch.softmax(net(view).float(), dim=1) for view in views)
         probabilities.append((total / len(views)).cpu())
-        labels.append(targets)
+        labels.append(targets.cpu())
     return torch.cat(probabilities), torch.cat(labels)
 
 

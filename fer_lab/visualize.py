@@ -115,7 +115,7 @@ def run_convs(
 def filters_figure(conv: nn.Conv2d, name: str) -> Figure:
     """Each filter's kernel scaled to its own min..max (as seed 004): in colour for an RGB
     first layer, else the mean over the input channels (a grey input's only channel)."""
-    weight = conv.weight.detach().float().numpy()  # out x in x kh x kw
+    weight = conv.weight.detach().float().cpu().numpy()  # out x in x kh x kw
     colour = weight.shape[1] == 3
     kernels = weight.transpose(0, 2, 3, 1) if colour else weight.mean(axis=1)
     flat = kernels.reshape(len(kernels), -1)
@@ -143,7 +143,7 @@ def filters_figure(conv: nn.Conv2d, name: str) -> Figure:
 def feature_map_figure(output: ConvOutput, samples: list[Sample], labels: list[str]) -> Figure:
     """Rows: the inputs (with true and predicted class), then their first channels; one
     colour scale for the whole layer, so channels and classes compare (seed 003)."""
-    maps = output.maps.float().numpy()
+    maps = output.maps.float().cpu().numpy()
     shown = maps.shape[1]
     low, high = float(maps.min()), float(maps.max())
     figure = Figure(figsize=(0.9 * (shown + 1) + 0.8, 1.0 * len(samples) + 0.9))

@@ -146,7 +146,7 @@ def test_rgb_models_see_photos_as_their_training_images_were(
     trained.net = instantiate(trained.config.model).eval()
     inputs = []
     trained.net.register_forward_hook(lambda _net, args, _out: inputs.append(args[0]))
-    predictor = FacePredictor(trained, FaceDetector(), margin=0.1, device="cpu")
+    predictor = FacePredictor(trained, FaceDetector(), margin=0.1, device=torch.device("cpu"))
     ((_, probabilities),) = predictor(read_image(photos / "colour.jpg", 3))
     (batch,) = inputs
     assert batch.shape == (1, 3, 48, 48)
@@ -181,7 +181,7 @@ def test_cli_writes_csv_and_summary_relative_to_the_working_dir(
             [*command, *overrides], cwd=photos.parent, env=env, capture_output=True, text=True
         )
 
-    result = cli("images=photos/*.jpg", "output=preds.csv")
+    result = cli("images=photos/*.jpg", "output=preds.csv", "device=auto")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "2 images, 2 faces; without a face: 0, unreadable: 0" in result.stdout
     assert (photos.parent / "preds.csv").read_text().count("\n") == 3

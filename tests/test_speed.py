@@ -105,28 +105,53 @@ def test_training_on_the_device_path_with_channels_last(tmp_path: Path) -> None:
     assert list(tmp_path.glob("logs/train/runs/*/checkpoints/last.ckpt"))
 
 
-@pytest.mark.slow
-def test_bench_runs_and_reports_every_field(tmp_path: Path) -> None:
+def run_bench(tmp_path: Path, *args: str) -> tuple[dict, str]:
+    """`python -m fer_lab.bench` on the small synthetic faces: its JSON and its printed table."""
     out = tmp_path / "bench.json"
     command = [
-        sys.executable, "-m", "fer_lab.bench", "--models", "convnet0", "--steps", "2",
-        "--warmup", "1", "--repeats", "1", "--pipeline-batches", "2", "--batch-size", "16",
-        "--sweep", "2", "--sweep-model", "convnet0", "--sweep-epochs", "1",
-        "--json", str(out), *SMALL[:4],
+        sys.executable, "-m", "fer_lab.bench", "--batch-size", "16", "--json", str(out), *args,
+        *SMALL[:4],
     ]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-4000:]
-    result = json.loads(out.read_text())
+    return json.loads(out.read_text()), done.stdout
+
+
+@pytest.mark.slow
+def test_bench_runs_and_reports_every_field(tmp_path: Path) -> None:
+    result, stdout = run_bench(
+        tmp_path, "--models", "convnet0", "--steps", "2", "--warmup", "1", "--repeats", "1",
+        "--pipeline-batches", "2", "--sweep", "2", "--sweep-model", "convnet0",
+        "--sweep-epochs", "1",
+    )  # fmt: skip
     assert result["loading"]["load_first_s"] > 0
     pipelines = {(r["pipeline"], r["augmentation"]) for r in result["pipelines"]}
     assert pipelines == {(p, a) for p in ("per_sample", "on_device") for a in ("none", "strong")}
     assert all(r["images_per_s"] > 0 for r in result["pipelines"])
     (row,) = result["training"]
-    assert row["model"] == "convnet0" and row["peak_memory_mb"] > 0
+    assert row["model"] == "convnet0" and row["timing"] == "lockstep"  # the default on a CPU
+    assert row["fer_lab_timed_steps"] == row["plain_timed_steps"] == 2
+    # One fit holds both sides at once: one joint peak.
+    assert row["fer_lab_peak_memory_mb"] == row["plain_peak_memory_mb"] > 0
     assert row["ratio_plain_over_fer_lab"] == pytest.approx(
         row["plain_images_per_s"] / row["fer_lab_images_per_s"]
     )
-    assert "plain/fer_lab" in done.stdout and "| convnet0 |" in done.stdout
+    assert "plain/fer_lab" in stdout and "| convnet0 |" in stdout and "lockstep" in stdout
     (sweep,) = result["sweep"]  # two trials side by side, pruning off (hydra.sweeper.pruner=null)
     assert sweep["concurrent"] == sweep["trials"] == 2 and sweep["trials_per_hour"] > 0
+
+
+@pytest.mark.slow
+def test_bench_free_running_times_each_side_alone(tmp_path: Path) -> None:
+    result, stdout = run_bench(
+        tmp_path, "--timing", "free", "--sections", "training", "--models", "convnet0",
+        "--steps", "3", "--warmup", "1",
+    )  # fmt: skip
+    (row,) = result["training"]
+    assert row["timing"] == "free" and "free timing" in stdout
+    assert row["fer_lab_timed_steps"] == row["plain_timed_steps"] == 3
+    assert row["fer_lab_images_per_s"] > 0 and row["plain_images_per_s"] > 0
+    for side in ("fer_lab", "plain"):
+        peak = row[f"{side}_peak_memory_mb"]
+        assert isinstance(peak, float) and peak > 0
