@@ -11,8 +11,9 @@ FER2013 ?= ../shared/data/fer2013.csv.gz
 BENCH_DATA := $(if $(wildcard $(FER2013)),dataset.path=$(FER2013),dataset=synthetic)
 DEVICE ?= cpu
 BENCH_ARGS ?=
+GPU_CHECK_ARGS ?=
 
-.PHONY: install demo test test-fast bench lint format ui clean
+.PHONY: install demo test test-fast bench gpu-check lint format ui clean
 
 install: $(VENV)/.installed
 
@@ -34,6 +35,9 @@ test-fast: install  ## everything but the tests marked slow
 
 bench: install  ## fer_lab vs a plain PyTorch loop, data pipelines, load times (DEVICE=cuda on a GPU)
 	$(BIN)/python -m fer_lab.bench --device $(DEVICE) $(BENCH_DATA) $(BENCH_ARGS)
+
+gpu-check: install  ## the GPU path end to end in ~8 min on one H100/H200: logs/gpu_check/gpu_check.{json,md}
+	$(BIN)/python -m fer_lab.gpu_check --device cuda $(if $(wildcard $(FER2013)),--fer2013 $(FER2013)) $(GPU_CHECK_ARGS)
 
 lint: install
 	$(BIN)/ruff check .

@@ -79,9 +79,11 @@ def keep_deterministic_fast() -> None:
 
 
 def supported_precision(precision: str) -> str:
-    """bf16 mixed precision needs an Ampere or newer GPU; older ones get fp16 mixed."""
+    """bf16 mixed precision needs an Ampere or newer GPU; older ones get fp16 mixed. (torch's
+    default check also accepts bf16 that older GPUs only emulate, slower than fp32.)"""
     gpu = torch.cuda.is_available()
-    if str(precision).startswith("bf16") and gpu and not torch.cuda.is_bf16_supported():
+    native_bf16 = gpu and torch.cuda.is_bf16_supported(including_emulation=False)
+    if str(precision).startswith("bf16") and gpu and not native_bf16:
         log.warning("This GPU has no bf16: trainer.precision=%s becomes 16-mixed", precision)
         return "16-mixed"
     return precision

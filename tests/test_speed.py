@@ -87,8 +87,18 @@ def test_speed_defaults_follow_the_trainer() -> None:
     assert gpu.trainer.precision == "bf16-mixed" and gpu.trainer.benchmark is True
     assert gpu.data.num_workers == loader_workers("gpu") >= 1
     assert on_gpu("gpu") and not on_gpu("cpu")
-    if not torch.cuda.is_available():
-        assert supported_precision("bf16-mixed") == "bf16-mixed"  # nothing to fall back from
+
+
+def test_bf16_falls_back_on_gpus_that_only_emulate_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pre-Ampere GPU: torch's default check says bf16 works (emulated), natively it does not."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(
+        torch.cuda, "is_bf16_supported", lambda including_emulation=True: including_emulation
+    )
+    assert supported_precision("bf16-mixed") == "16-mixed"
+    assert supported_precision("32-true") == "32-true"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
+    assert supported_precision("bf16-mixed") == "bf16-mixed"  # Ampere and newer
 
 
 @pytest.mark.slow
