@@ -5,7 +5,7 @@ import os
 # albumentations otherwise asks the package index for a newer release on every import.
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
-from fer_lab.config import register_resolvers
+from fer_lab.core.config import register_resolvers
 
 register_resolvers()
 

@@ -19,16 +19,16 @@ from mlflow.exceptions import MlflowException
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
-from fer_lab.checkpoints import TrainedModel, inference_device, load_trained
-from fer_lab.cli import run, user_errors_exit_2
-from fer_lab.config import CONFIG_PATH
-from fer_lab.config_checks import check_classes
+from fer_lab.core.cli import run, user_errors_exit_2
+from fer_lab.core.config import CONFIG_PATH
+from fer_lab.core.config_checks import check_classes
+from fer_lab.core.errors import ConfigError
 from fer_lab.data.datamodule import FaceSource
 from fer_lab.data.faces import FaceDataset
-from fer_lab.errors import ConfigError
-from fer_lab.stores import prepare_tracking_store
-from fer_lab.tracking import git_commit
-from fer_lab.tta import TTA_MODES, Scores, predict_proba, score, write_reports
+from fer_lab.inference.checkpoint import TrainedModel, inference_device, load_trained
+from fer_lab.inference.tta import TTA_MODES, Scores, predict_proba, score, write_reports
+from fer_lab.tracking.run_tracking import git_commit
+from fer_lab.tracking.stores import prepare_tracking_store
 
 log = logging.getLogger(__name__)
 

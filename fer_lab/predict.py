@@ -17,12 +17,12 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from fer_lab.checkpoints import TrainedModel, inference_device, load_trained
-from fer_lab.cli import run, user_errors_exit_2
-from fer_lab.config import CONFIG_PATH
+from fer_lab.core.cli import run, user_errors_exit_2
+from fer_lab.core.config import CONFIG_PATH
+from fer_lab.core.errors import ConfigError
 from fer_lab.data.faces import IMAGE_SUFFIXES, image_problem, read_image, to_channels
-from fer_lab.errors import ConfigError
-from fer_lab.face_detection import Box, FaceDetector, crop_face
+from fer_lab.inference.checkpoint import TrainedModel, inference_device, load_trained
+from fer_lab.inference.face_detection import Box, FaceDetector, crop_face
 
 log = logging.getLogger(__name__)
 

@@ -11,11 +11,11 @@ import hydra
 from hydra.core.plugins import Plugins
 from omegaconf import DictConfig, OmegaConf
 
-from fer_lab.cli import run, user_errors_exit_2
-from fer_lab.config import CONFIG_PATH
-from fer_lab.config_checks import check_values
-from fer_lab.stores import prepare_tracking_store
-from hydra_plugins.fer_lab_optuna.sweeper import OptunaSweeper
+from fer_lab.core.cli import run, user_errors_exit_2
+from fer_lab.core.config import CONFIG_PATH
+from fer_lab.core.config_checks import check_values
+from fer_lab.sweeps.optuna_sweeper import OptunaSweeper
+from fer_lab.tracking.stores import prepare_tracking_store
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ def preflight(cfg: DictConfig) -> None:
 def train(cfg: DictConfig) -> float:
     """Check the config, then fit, select on val and test once; return the optimised metric."""
     preflight(cfg)
-    from fer_lab.training import fit_and_test  # Lightning loads only for a config that passed
+    from fer_lab.training.job import fit_and_test  # Lightning loads only for a config that passed
 
     return fit_and_test(cfg)
 

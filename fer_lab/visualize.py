@@ -20,12 +20,12 @@ from matplotlib.figure import Figure
 from omegaconf import DictConfig
 from torch import nn
 
-from fer_lab.checkpoints import TrainedModel, load_trained
-from fer_lab.cli import run, user_errors_exit_2
-from fer_lab.config import CONFIG_PATH
+from fer_lab.core.cli import run, user_errors_exit_2
+from fer_lab.core.config import CONFIG_PATH
+from fer_lab.core.errors import ConfigError, FERLabError
 from fer_lab.data.faces import image_problem, read_image, to_channels
-from fer_lab.errors import ConfigError, FERLabError
-from fer_lab.stores import prepare_tracking_store
+from fer_lab.inference.checkpoint import TrainedModel, load_trained
+from fer_lab.tracking.stores import prepare_tracking_store
 
 log = logging.getLogger(__name__)
 

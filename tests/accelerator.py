@@ -21,7 +21,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten, tree_map
 
 from fer_lab.data import FERDataModule
-from fer_lab.data.device_batches import DeviceBatches
+from fer_lab.data.on_device.batches import DeviceBatches
 
 SYNCING = {
     "item",

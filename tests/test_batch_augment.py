@@ -10,7 +10,7 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from fer_lab.data.batch_augment import BatchTransform
+from fer_lab.data.on_device.batch_transform import BatchTransform
 from fer_lab.data.transforms import build_transforms
 
 from .helpers import REPO_ROOT, compose_config

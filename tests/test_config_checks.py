@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from fer_lab.config_checks import check_choices, check_classes, check_values
-from fer_lab.errors import ConfigError
+from fer_lab.core.config_checks import check_choices, check_classes, check_values
+from fer_lab.core.errors import ConfigError
 from fer_lab.models import ConvNet0
 from fer_lab.models.base import check_forward
 

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 from hydra.utils import instantiate
 
+from fer_lab.core.errors import DataError
 from fer_lab.data.faces import BadItem, image_problem
 from fer_lab.data.fer2013 import FER2013_CLASSES, FER2013CSV
 from fer_lab.data.fer2013_folder import FER2013Folder
 from fer_lab.data.image_csv import ImageFolderCSV
 from fer_lab.data.validation import parse_pixel_rows
-from fer_lab.errors import DataError
 
 from .helpers import compose_config, run_cli, write_fer2013_csv, write_image
 

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 from hydra.utils import instantiate
 
+from fer_lab.core.errors import DataError
 from fer_lab.data.download import extract_fer2013_csv
 from fer_lab.data.fer2013 import FER2013_CLASSES, FER2013CSV
 from fer_lab.data.fer2013_folder import FER2013Folder
 from fer_lab.data.image_csv import ImageFolderCSV
 from fer_lab.data.transforms import build_transforms
-from fer_lab.errors import DataError
 
 from .helpers import REAL_FER2013, compose_config, write_fer2013_csv
 

@@ -15,10 +15,10 @@ import torch.nn.functional as F
 from hydra import compose, initialize_config_module
 from omegaconf import DictConfig
 
-from fer_lab.errors import ConfigError
+from fer_lab.core.errors import ConfigError
 from fer_lab.eval import Evaluation, evaluate
-from fer_lab.resume import read_state
-from fer_lab.tta import tta_views
+from fer_lab.inference.tta import tta_views
+from fer_lab.training.resume import read_state
 
 from .helpers import REPO_ROOT
 

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 from hydra.utils import instantiate
 
+from fer_lab.core.errors import DataError
 from fer_lab.data import fer2013
 from fer_lab.data.faces import FaceSplits
 from fer_lab.data.fer2013 import FER2013_CLASSES, FER2013CSV
 from fer_lab.data.fer2013_reader import parse_fer2013_csv
 from fer_lab.data.validation import parse_pixel_rows
-from fer_lab.errors import DataError
 
 from .helpers import REAL_FER2013, compose_config, write_fer2013_csv
 

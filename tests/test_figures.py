@@ -14,8 +14,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from fer_lab.artifacts import RunArtifacts
-from fer_lab.figures import (
+from fer_lab.tracking.figures import (
     find_misclassified,
     most_confused_pair,
     net_from_checkpoint,
@@ -24,7 +23,8 @@ from fer_lab.figures import (
     write_misclassified_grid,
     write_most_confused,
 )
-from fer_lab.module import FERLitModule
+from fer_lab.training.module import FERLitModule
+from fer_lab.training.run_artifacts import RunArtifacts
 
 from .helpers import compose_config
 
@@ -115,7 +115,7 @@ def test_checkpoint_weights_go_into_a_copy(tmp_path: Path) -> None:
 
 
 def test_no_misclassifications_no_grid(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.INFO, logger="fer_lab.figures"):
+    with caplog.at_level(logging.INFO, logger="fer_lab.tracking.figures"):
         paths = write_most_confused(
             MeanBrightness(),
             "unused.ckpt",

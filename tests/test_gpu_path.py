@@ -13,11 +13,11 @@ import torch
 from hydra.utils import instantiate
 from torch import nn
 
-from fer_lab.checkpoints import inference_device, load_trained
-from fer_lab.errors import ConfigError
-from fer_lab.figures import find_misclassified, net_from_checkpoint
-from fer_lab.module import BatchMean, FERLitModule
-from fer_lab.run_control import TRUST_ENV, NonFiniteLossError, NonFiniteLossWatch
+from fer_lab.core.errors import ConfigError
+from fer_lab.inference.checkpoint import inference_device, load_trained
+from fer_lab.tracking.figures import find_misclassified, net_from_checkpoint
+from fer_lab.training.module import BatchMean, FERLitModule
+from fer_lab.training.run_control import TRUST_ENV, NonFiniteLossError, NonFiniteLossWatch
 
 from .accelerator import OnAccelerator, host_syncs, module_to_accelerator, to_accelerator
 from .helpers import REPO_ROOT, compose_config, run_cli
@@ -172,7 +172,7 @@ def hostile_checkpoint(trained_checkpoint: Path, tmp_path: Path) -> tuple[Path, 
 def test_hostile_checkpoint_is_refused_everywhere(
     hostile_checkpoint: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from fer_lab.resume import _explicit
+    from fer_lab.training.resume import _explicit
 
     path, marker = hostile_checkpoint
     monkeypatch.delenv(TRUST_ENV, raising=False)

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from fer_lab.losses import CrossEntropyLoss, MSEOneHotLoss, capped_inverse_frequency
+from fer_lab.training.losses import CrossEntropyLoss, MSEOneHotLoss, capped_inverse_frequency
 
 
 def test_seed002_class_weights_are_capped_inverse_frequencies() -> None:

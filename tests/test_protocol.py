@@ -2,7 +2,7 @@
 
 from omegaconf import OmegaConf
 
-from fer_lab.protocol import protocol_tags
+from fer_lab.tracking.protocol import protocol_tags
 
 from .helpers import compose_config
 

@@ -11,10 +11,10 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from fer_lab.config import loader_workers, on_gpu
-from fer_lab.config_checks import check_values
-from fer_lab.errors import ConfigError
-from fer_lab.training import supported_precision
+from fer_lab.core.config import loader_workers, on_gpu
+from fer_lab.core.config_checks import check_values
+from fer_lab.core.errors import ConfigError
+from fer_lab.training.job import supported_precision
 
 from .helpers import REPO_ROOT, compose_config, run_train
 

@@ -25,7 +25,7 @@ import requests
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException, RestException
 
-from fer_lab.stores import (
+from fer_lab.tracking.stores import (
     TrackingError,
     is_connectivity_error,
     prepare_tracking_store,
@@ -52,7 +52,7 @@ def journal_mode(url: str) -> str:
 
 
 def test_unreachable_server_fails_fast_naming_the_url(monkeypatch: pytest.MonkeyPatch) -> None:
-    from fer_lab.mlflow_logger import FERMLflowLogger
+    from fer_lab.tracking.mlflow_logger import FERMLflowLogger
 
     url = f"http://127.0.0.1:{closed_port()}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
@@ -176,7 +176,7 @@ def test_concurrent_mlflow_writers_on_a_fresh_sqlite_store(tmp_path: Path) -> No
 
 
 def test_concurrent_optuna_trials_on_a_fresh_sqlite_storage(tmp_path: Path) -> None:
-    from fer_lab.sweeps import open_storage
+    from fer_lab.sweeps.trials import open_storage
 
     url = f"sqlite:///{tmp_path / 'optuna.db'}"
     run_writers(_optuna_writer, url)
@@ -189,7 +189,7 @@ def test_concurrent_optuna_trials_on_a_fresh_sqlite_storage(tmp_path: Path) -> N
 def test_open_storage_by_kind(tmp_path: Path) -> None:
     from optuna.storages import JournalStorage, RDBStorage
 
-    from fer_lab.sweeps import open_storage
+    from fer_lab.sweeps.trials import open_storage
 
     assert isinstance(open_storage(f"sqlite:///{tmp_path / 'optuna.db'}"), RDBStorage)
     assert isinstance(open_storage(str(tmp_path / "optuna.journal")), JournalStorage)
@@ -256,7 +256,7 @@ def store_uri(tmp_path_factory: pytest.TempPathFactory) -> str:
 @pytest.fixture
 def make_logger(store_uri: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """A buffering logger with its own experiment; PL's global tracking URI is restored."""
-    from fer_lab.mlflow_logger import FERMLflowLogger
+    from fer_lab.tracking.mlflow_logger import FERMLflowLogger
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", store_uri)
     monkeypatch.setattr("mlflow.tracking._tracking_service.utils._tracking_uri", None)

@@ -8,7 +8,7 @@ from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
-from hydra_plugins.fer_lab_optuna.search_space import parse_search_space
+from fer_lab.sweeps.search_space import parse_search_space
 
 from .helpers import run_train
 

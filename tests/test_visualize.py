@@ -12,8 +12,8 @@ import pytest
 import torch
 from torch import nn
 
-from fer_lab.checkpoints import load_trained
-from fer_lab.errors import ConfigError
+from fer_lab.core.errors import ConfigError
+from fer_lab.inference.checkpoint import load_trained
 from fer_lab.visualize import conv_layers, visualize
 
 from .helpers import REPO_ROOT, write_image

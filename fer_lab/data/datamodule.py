@@ -12,10 +12,10 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, get_worker_info
 
-from fer_lab.config_checks import PIPELINES
-from fer_lab.data import batch_augment
-from fer_lab.data.device_batches import DeviceBatches, faces_as_tensor
+from fer_lab.core.config_checks import PIPELINES
 from fer_lab.data.faces import FaceDataset, FaceSplits
+from fer_lab.data.on_device import batch_transform
+from fer_lab.data.on_device.batches import DeviceBatches, faces_as_tensor
 from fer_lab.data.transforms import build_transforms
 
 log = logging.getLogger(__name__)
@@ -114,7 +114,7 @@ class FERDataModule(pl.LightningDataModule):
         small = isinstance(images, np.ndarray) and max(images.shape[1:3]) <= ON_DEVICE_MAX_SIZE
         if self.device().type != "cuda" or not small:
             return "per_sample"
-        why_not = batch_augment.BatchTransform.unsupported(
+        why_not = batch_transform.BatchTransform.unsupported(
             self.augmentation, self.preprocess, self.image_size
         )
         if why_not:
@@ -154,7 +154,7 @@ class FERDataModule(pl.LightningDataModule):
         rank = trainer.global_rank if trainer is not None else 0
         # Each process augments its own share of a batch with its own random stream.
         seed = None if self.seed is None else self.seed + rank
-        transform = batch_augment.BatchTransform.from_albumentations(
+        transform = batch_transform.BatchTransform.from_albumentations(
             self.augmentation, self.preprocess, self.image_size, seed
         )
         return DeviceBatches(

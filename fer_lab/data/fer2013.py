@@ -10,11 +10,11 @@ from pathlib import Path
 
 import numpy as np
 
+from fer_lab.core.errors import DataError
 from fer_lab.data.cache import Table, cached_table
 from fer_lab.data.faces import BadItem, Faces, FaceSplits, class_indices
 from fer_lab.data.fer2013_reader import FER2013_CLASSES, parse_fer2013_csv
 from fer_lab.data.validation import check_policy, enforce_policy
-from fer_lab.errors import DataError
 
 KAGGLE_USAGES = ("Training", "PublicTest", "PrivateTest")
 # Part of the cache key: bump it when the parsed table or the checks behind it change, so

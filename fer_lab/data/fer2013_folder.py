@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fer_lab.core.errors import DataError
 from fer_lab.data.faces import (
     BadItem,
     Faces,
@@ -17,7 +18,6 @@ from fer_lab.data.faces import (
 )
 from fer_lab.data.fer2013 import HOW_TO_GET, _existing
 from fer_lab.data.validation import check_policy, enforce_policy, require_images_per_class
-from fer_lab.errors import DataError
 
 
 class FER2013Folder:

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from fer_lab.core.errors import DataError
 from fer_lab.data.faces import (
     BadItem,
     Faces,
@@ -24,7 +25,6 @@ from fer_lab.data.validation import (
     require_columns,
     require_images_per_class,
 )
-from fer_lab.errors import DataError
 
 log = logging.getLogger(__name__)
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from fer_lab.core.errors import DataError
 from fer_lab.data.faces import BadItem
-from fer_lab.errors import DataError
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 import torch
 from torch import nn
 
-from fer_lab.errors import ConfigError
+from fer_lab.core.errors import ConfigError
 
 
 class FERNet(nn.Module):

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 from torchvision.models import VGG16_Weights, vgg16
 
-from fer_lab.errors import ConfigError
+from fer_lab.core.errors import ConfigError
 from fer_lab.models.base import FERNet
 
 # torchvision's vgg16.features: blocks end at these indices (after each max-pool).

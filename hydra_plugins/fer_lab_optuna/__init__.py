@@ -1,5 +1,5 @@
 """fer_lab's Optuna sweeper for Hydra (`hydra/sweeper: optuna`).
 
-Hydra only loads plugins from the `hydra_plugins` namespace package, so the sweeper lives
-here rather than inside `fer_lab/`; it ships in the same wheel and is found automatically.
+Hydra only discovers plugins in the `hydra_plugins` namespace package, so this is where it
+finds the sweeper; the code lives in fer_lab/sweeps/ and ships in the same wheel.
 """

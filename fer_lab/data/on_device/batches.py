@@ -7,8 +7,8 @@ import cv2
 import numpy as np
 import torch
 
-from fer_lab.data import batch_augment
 from fer_lab.data.faces import Faces, read_image
+from fer_lab.data.on_device import batch_transform
 
 
 def faces_as_tensor(faces: Faces, channels: int, image_size: int) -> torch.Tensor:
@@ -27,7 +27,9 @@ def faces_as_tensor(faces: Faces, channels: int, image_size: int) -> torch.Tenso
     return torch.from_numpy(array.transpose(0, 3, 1, 2).copy())
 
 
-def _transform_all(images: torch.Tensor, transform: "batch_augment.BatchTransform") -> torch.Tensor:
+def _transform_all(
+    images: torch.Tensor, transform: "batch_transform.BatchTransform"
+) -> torch.Tensor:
     """A whole split through a deterministic transform, in chunks to bound the float copies."""
     return torch.cat([transform(chunk, train=False) for chunk in images.split(4096)])
 
@@ -44,7 +46,7 @@ class DeviceBatches:
         self,
         images: torch.Tensor,
         labels: torch.Tensor,
-        transform: "batch_augment.BatchTransform",
+        transform: "batch_transform.BatchTransform",
         batch_size: int,
         train: bool,
         seed: int | None = None,

@@ -1,4 +1,4 @@
-"""What `python -m fer_lab.bench` measures besides training (fer_lab/overhead.py): the two
+"""What `python -m fer_lab.bench` measures besides training (fer_lab/bench/overhead.py): the two
 data pipelines and dataset load times; and the helpers both share, with those the two training
 timings share (the one-epoch config, device sync, peak memory, precision)."""
 
@@ -15,7 +15,7 @@ from hydra import compose, initialize_config_module
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
-from fer_lab.config import on_gpu
+from fer_lab.core.config import on_gpu
 from fer_lab.data import FERDataModule
 
 

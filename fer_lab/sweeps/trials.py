@@ -14,7 +14,7 @@ from hydra.utils import instantiate
 from optuna.storages import BaseStorage, JournalStorage
 from optuna.storages.journal import JournalFileBackend
 
-from fer_lab.stores import is_sqlite_url, sqlite_study_storage
+from fer_lab.tracking.stores import is_sqlite_url, sqlite_study_storage
 
 
 def open_storage(spec: str) -> str | BaseStorage:

@@ -10,8 +10,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.types import RunMode
 
-from fer_lab.config_checks import check_choices
-from fer_lab.errors import FERLabError
+from fer_lab.core.config_checks import check_choices
+from fer_lab.core.errors import FERLabError
 
 log = logging.getLogger("fer_lab")
 

@@ -19,7 +19,7 @@ from matplotlib.ticker import MaxNLocator
 from torch import nn
 from torch.utils.data import DataLoader
 
-from fer_lab.run_control import load_checkpoint
+from fer_lab.training.run_control import load_checkpoint
 
 log = logging.getLogger(__name__)
 

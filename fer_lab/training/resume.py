@@ -13,8 +13,8 @@ from pathlib import Path
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from fer_lab.errors import ConfigError
-from fer_lab.run_control import load_checkpoint
+from fer_lab.core.errors import ConfigError
+from fer_lab.training.run_control import load_checkpoint
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from omegaconf import DictConfig
 from optuna.distributions import BaseDistribution
 from optuna.trial import TrialState
 
-from fer_lab.stores import prepare_tracking_store
+from fer_lab.tracking.stores import prepare_tracking_store
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient

@@ -8,7 +8,7 @@ One process measures, interleaved: the dataset's load time (first parse and cach
 training loader's throughput for both data pipelines with and without augmentation, and per
 model the images per second and peak memory of fer_lab's training path and of a plain loop
 over the same model and in-memory tensors, with their ratio. `--timing` picks how the two are
-timed (fer_lab/overhead.py): `lockstep`, step for step in one fit, which a shared CPU's drift
+timed (fer_lab/bench/overhead.py): `lockstep`, step for step in one fit, which a shared CPU's drift
 needs (the default on a CPU), or `free`, each side running alone with the device synced only
 at the ends, as a GPU trains (the default with `--device cuda`). Prints a table and writes
 JSON. A benchmark run on a shared machine varies: compare ratios taken in one run, not across
@@ -29,10 +29,10 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import open_dict
 
-from fer_lab.overhead import compare_training, compare_training_free
-from fer_lab.sweep_bench import trials_per_hour
-from fer_lab.throughput import bench_config, pipeline_throughput, timed
-from fer_lab.tracking import describe_hardware
+from fer_lab.bench.overhead import compare_training, compare_training_free
+from fer_lab.bench.sweep_rate import trials_per_hour
+from fer_lab.bench.throughput import bench_config, pipeline_throughput, timed
+from fer_lab.tracking.run_tracking import describe_hardware
 
 log = logging.getLogger("fer_lab.bench")
 PIPELINES = ("per_sample", "on_device")
@@ -144,7 +144,7 @@ def measure_pipelines(args: argparse.Namespace, workdir: Path) -> list[dict[str,
 
 def measure_training(args: argparse.Namespace, workdir: Path) -> list[dict[str, Any]]:
     """Per model, `--repeats` fits, each timing fer_lab and the plain loop with `--timing`
-    (fer_lab/overhead.py); the median speed and the highest peak memory over the fits are
+    (fer_lab/bench/overhead.py); the median speed and the highest peak memory over the fits are
     reported."""
     compare = TIMINGS[args.timing]
     results = []
@@ -200,7 +200,7 @@ def report(result: dict[str, Any]) -> str:
     if result.get("training"):
         timing = result["training"][0]["timing"]
         lines.append(
-            f"\ntraining, {timing} timing (fer_lab/overhead.py)"
+            f"\ntraining, {timing} timing (fer_lab/bench/overhead.py)"
             "\n| model | steps | fer_lab img/s | plain img/s | plain/fer_lab | fer_lab peak MB* "
             "| plain peak MB* |\n|---|---|---|---|---|---|---|"
         )

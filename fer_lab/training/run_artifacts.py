@@ -10,14 +10,14 @@ import pandas as pd
 import pytorch_lightning as pl
 from matplotlib.figure import Figure
 
-from fer_lab.figures import (
+from fer_lab.tracking.figures import (
     save_png,
     write_class_histogram,
     write_learning_curves,
     write_most_confused,
 )
-from fer_lab.mlflow_logger import FERMLflowLogger
-from fer_lab.module import SPLITS, FERLitModule
+from fer_lab.tracking.mlflow_logger import FERMLflowLogger
+from fer_lab.training.module import SPLITS, FERLitModule
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ from typing import NamedTuple
 import cv2
 import numpy as np
 
-from fer_lab.errors import ConfigError
+from fer_lab.core.errors import ConfigError
 
 
 class Box(NamedTuple):

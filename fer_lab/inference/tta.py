@@ -29,7 +29,7 @@ from torchmetrics.functional.classification import (
 )
 from torchvision.transforms.v2.functional import ten_crop
 
-from fer_lab.artifacts import write_confusion_matrix
+from fer_lab.training.run_artifacts import write_confusion_matrix
 
 TTA_MODES = ("none", "hflip", "tencrop")
 

@@ -21,7 +21,7 @@ from urllib.parse import urlparse
 
 from filelock import FileLock, Timeout
 
-from fer_lab.errors import FERLabError
+from fer_lab.core.errors import FERLabError
 
 if TYPE_CHECKING:
     import optuna

@@ -13,7 +13,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.plugins import TorchCheckpointIO
 
-from fer_lab.errors import ConfigError, FERLabError
+from fer_lab.core.errors import ConfigError, FERLabError
 
 log = logging.getLogger(__name__)
 

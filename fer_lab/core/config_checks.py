@@ -8,7 +8,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from fer_lab.errors import ConfigError
+from fer_lab.core.errors import ConfigError
 
 # (key, test, what the value must be); a key absent from the composed config is not checked.
 RULES: tuple[tuple[str, Callable[[float], bool], str], ...] = (

@@ -18,10 +18,10 @@ from torch import nn
 
 import fer_lab
 from fer_lab.data.faces import BadItem
-from fer_lab.mlflow_logger import FERMLflowLogger
 from fer_lab.models import count_parameters
-from fer_lab.protocol import protocol_tags
-from fer_lab.sweep_runs import PARENT_RUN_ENV, logs_to_mlflow
+from fer_lab.sweeps.parent_runs import PARENT_RUN_ENV, logs_to_mlflow
+from fer_lab.tracking.mlflow_logger import FERMLflowLogger
+from fer_lab.tracking.protocol import protocol_tags
 
 log = logging.getLogger(__name__)
 

@@ -14,10 +14,10 @@ import torch
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from fer_lab.core.errors import ConfigError
 from fer_lab.data.transforms import build_transforms
-from fer_lab.errors import ConfigError
 from fer_lab.models import FERNet
-from fer_lab.run_control import UntrustedCheckpointError, load_checkpoint
+from fer_lab.training.run_control import UntrustedCheckpointError, load_checkpoint
 
 
 @dataclass
@@ -49,7 +49,7 @@ class TrainedModel:
 
     def mlflow_run_id(self) -> str | None:
         """The training run's id, from `run_state.json` beside the checkpoints folder."""
-        from fer_lab.resume import read_state
+        from fer_lab.training.resume import read_state
 
         return read_state(self.path.parent.parent).get("mlflow_run_id")
 

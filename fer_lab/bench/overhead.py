@@ -22,8 +22,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from fer_lab.data import FERDataModule
-from fer_lab.throughput import (
+from fer_lab.bench.throughput import (
     Throughput,
     cycle,
     device_of,
@@ -34,7 +33,8 @@ from fer_lab.throughput import (
     reset_peak_memory,
     sync,
 )
-from fer_lab.training import build_job, keep_deterministic_fast, supported_precision
+from fer_lab.data import FERDataModule
+from fer_lab.training.job import build_job, keep_deterministic_fast, supported_precision
 
 
 class PlainLoop:

@@ -1,6 +1,6 @@
 """Augmentation and normalisation of a whole uint8 batch with torch ops, on the batch's device.
 
-Why this exists: the on-device data path (fer_lab.data.device_batches) keeps a split as one uint8
+Why this exists: the on-device data path (fer_lab.data.on_device.batches) keeps a split as one uint8
 tensor on the GPU and augments each batch there, where the per-image albumentations pipeline of
 fer_lab.data.transforms cannot run. So that both paths train on the same recipe, `BatchTransform`
 is built from the SAME instantiated albumentations transforms (conf/augmentation,

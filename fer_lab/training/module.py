@@ -20,7 +20,7 @@ from torchmetrics.classification import (
 )
 
 from fer_lab.models import FERNet
-from fer_lab.run_control import NonFiniteLossWatch
+from fer_lab.training.run_control import NonFiniteLossWatch
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 SPLITS = ("train", "val", "test")

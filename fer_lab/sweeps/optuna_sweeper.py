@@ -1,0 +1,222 @@
+"""An Optuna (>= 4, ask/tell) sweeper: persistent studies, pruning, failure budget, MLflow.
+
+Each `python -m fer_lab.train -m hparams_search=...` resumes the named study in its
+storage until it holds `n_trials` finished trials. Trials train and validate only
+(`test=false`); the best trial's config is written to `<sweep dir>/best.yaml`.
+"""
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import optuna
+from hydra.core.config_store import ConfigStore
+from hydra.core.plugins import Plugins
+from hydra.core.utils import JobReturn, JobStatus
+from hydra.errors import HydraException
+from hydra.plugins.sweeper import Sweeper
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig, OmegaConf
+from optuna.distributions import BaseDistribution
+from optuna.trial import TrialState
+
+from fer_lab.sweeps.search_space import format_override, parse_search_space
+
+if TYPE_CHECKING:
+    from fer_lab.sweeps.parent_runs import SweepRun
+
+log = logging.getLogger(__name__)
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+
+
+@dataclass
+class OptunaSweeperConf:
+    _target_: str = "fer_lab.sweeps.optuna_sweeper.OptunaSweeper"
+    study_name: str = "fer_lab"
+    # A journal file path (default, safe for parallel writers) or an RDB URL.
+    storage: str = "optuna.journal"
+    direction: str = "maximize"
+    # Finished trials the study should hold; re-running the command resumes up to it.
+    n_trials: int = 20
+    # Trials asked for and launched together (run in parallel by e.g. hydra/launcher=joblib).
+    n_jobs: int = 1
+    # Failed trials tolerated in this invocation before the sweep stops.
+    max_failures: int = 3
+    sampler: Any = field(default_factory=lambda: {"_target_": "optuna.samplers.TPESampler"})
+    pruner: Any = None
+    params: dict[str, str] = field(default_factory=dict)
+
+
+ConfigStore.instance().store(
+    group="hydra/sweeper", name="optuna", node=OptunaSweeperConf, provider="fer_lab"
+)
+
+
+class OptunaSweeper(Sweeper):
+    def __init__(
+        self,
+        study_name: str,
+        storage: str,
+        direction: str,
+        n_trials: int,
+        n_jobs: int,
+        max_failures: int,
+        sampler: optuna.samplers.BaseSampler,
+        pruner: optuna.pruners.BasePruner | None,
+        params: DictConfig,
+    ) -> None:
+        # Hydra instantiates `sampler` and `pruner` from their `_target_` before we get them.
+        self.study_name = study_name
+        self.storage = storage
+        self.direction = direction
+        self.n_trials = n_trials
+        self.n_jobs = n_jobs
+        self.max_failures = max_failures
+        self.sampler = sampler
+        self.pruner = pruner
+        self.params = OmegaConf.to_container(params, resolve=True) if params else {}
+
+    def setup(
+        self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig
+    ) -> None:
+        self.config = config
+        self.hydra_context = hydra_context
+        self.launcher = Plugins.instance().instantiate_launcher(
+            hydra_context=hydra_context, task_function=task_function, config=config
+        )
+        self.sweep_dir = Path(config.hydra.sweep.dir)
+
+    def sweep(self, arguments: list[str]) -> optuna.Study:
+        # Imported here so registering the plugin (on every `python -m fer_lab.train`) stays
+        # light: these pull in MLflow and Lightning.
+        from fer_lab.sweeps.parent_runs import SweepRun
+        from fer_lab.sweeps.trials import open_storage
+
+        space, fixed = parse_search_space(self.params, arguments)
+        space = self._drop_absent_keys(space)
+        study = optuna.create_study(
+            study_name=self.study_name,
+            storage=open_storage(self.storage),
+            sampler=self.sampler,
+            pruner=self.pruner or optuna.pruners.NopPruner(),  # Optuna's default is a median rule
+            direction=self.direction,
+            load_if_exists=True,
+        )
+        done = sum(t.state in FINISHED for t in study.get_trials(deepcopy=False))
+        log.info(
+            "Study %r in %s: %d of %d trials finished",
+            self.study_name,
+            self.storage,
+            done,
+            self.n_trials,
+        )
+        sweep_run = SweepRun.start(self.config, self.study_name, space, self.describe())
+        failures = 0
+        while done < self.n_trials:
+            batch = [study.ask(space) for _ in range(min(self.n_jobs, self.n_trials - done))]
+            overrides = [self._overrides(trial, fixed, sweep_run) for trial in batch]
+            self.sweep_dir.mkdir(parents=True, exist_ok=True)
+            try:
+                self.validate_batch_is_legal(overrides)
+            except HydraException:
+                for trial in batch:  # no trial of this space can run: stop, leaving none RUNNING
+                    study.tell(trial, state=TrialState.FAIL)
+                sweep_run.finish(study, best_yaml=None, failed=True)
+                raise
+            returns = self.launcher.launch(overrides, initial_job_idx=batch[0].number)
+            for trial, result in zip(batch, returns, strict=True):
+                state = self._tell(study, trial, result)
+                sweep_run.mark_trial(trial.number, state)
+                failures += state == TrialState.FAIL
+            done += len(batch)
+            if failures > self.max_failures:
+                sweep_run.finish(study, best_yaml=None, failed=True)
+                raise RuntimeError(
+                    f"{failures} trials failed (hydra.sweeper.max_failures={self.max_failures}); "
+                    "see their logs under " + str(self.sweep_dir)
+                )
+        best_yaml = self._write_best(study)
+        sweep_run.finish(study, best_yaml=best_yaml)
+        return study
+
+    def _drop_absent_keys(self, space: dict[str, BaseDistribution]) -> dict[str, BaseDistribution]:
+        """Leave out keys the composed config lacks (convnet0 has no dropout), so one search
+        space serves every model; `+key` (add) and group keys are kept."""
+        kept = {}
+        for key, distribution in space.items():
+            if key.startswith(("+", "~")) or OmegaConf.select(self.config, key) is not None:
+                kept[key] = distribution
+            else:
+                log.warning("%s is not in this config; left out of the search space", key)
+        return kept
+
+    def describe(self) -> dict[str, Any]:
+        sweeper = self.config.hydra.sweeper
+        return {
+            "study_name": self.study_name,
+            "storage": self.storage,
+            "direction": self.direction,
+            "n_trials": self.n_trials,
+            "n_jobs": self.n_jobs,
+            "sampler": OmegaConf.to_container(sweeper.sampler, resolve=True),
+            # pruner=null: every trial runs its full length
+            "pruner": sweeper.pruner and OmegaConf.to_container(sweeper.pruner, resolve=True),
+        }
+
+    @staticmethod
+    def _overrides(trial: optuna.Trial, fixed: list[str], sweep_run: "SweepRun") -> list[str]:
+        sampled = [format_override(key, value) for key, value in trial.params.items()]
+        parent = f",parent_run_id:'{sweep_run.run_id}'" if sweep_run.run_id else ""
+        # The storage id (not the number) is what reopens the trial in the job's process.
+        marker = f"++sweep={{trial_id:{trial._trial_id},trial_number:{trial.number}{parent}}}"
+        return [*fixed, *sampled, "test=false", marker]
+
+    def _tell(self, study: optuna.Study, trial: optuna.Trial, result: JobReturn) -> TrialState:
+        if result.status == JobStatus.COMPLETED:
+            study.tell(trial, float(result.return_value))
+            metric = self.config.optimized_metric
+            log.info(
+                "Trial %d: %s = %.4f %s", trial.number, metric, result.return_value, trial.params
+            )
+            return TrialState.COMPLETE
+        error = result._return_value
+        if isinstance(error, optuna.TrialPruned):
+            study.tell(trial, state=TrialState.PRUNED)
+            log.info("Trial %d pruned: %s", trial.number, error)
+            return TrialState.PRUNED
+        trial.set_user_attr("error", f"{type(error).__name__}: {error}"[:1000])
+        study.tell(trial, state=TrialState.FAIL)
+        log.error("Trial %d failed: %s: %s", trial.number, type(error).__name__, error)
+        return TrialState.FAIL
+
+    def _write_best(self, study: optuna.Study) -> Path | None:
+        """`best.yaml`: the best trial's full config with the test split switched back on."""
+        try:
+            best = study.best_trial
+        except ValueError:
+            return None
+        saved = self.sweep_dir / f"trial_{best.number}" / ".hydra"
+        if not (saved / "config.yaml").is_file():
+            log.warning("Best trial %d ran elsewhere (no %s); no best.yaml", best.number, saved)
+            return None
+        config = OmegaConf.load(saved / "config.yaml")
+        choices = OmegaConf.load(saved / "hydra.yaml").hydra.runtime.choices
+        # Outside this sweep there are no config-group choices to interpolate from.
+        config.names = {"model": choices.model, "dataset": choices.dataset}
+        config.test = True
+        config.sweep = None
+        config.experiment_tag = f"best of sweep {self.study_name}"
+        config.defaults = ["_self_", {"hydra": "default"}]
+        target = self.sweep_dir / "best.yaml"
+        OmegaConf.save(config, target)
+        log.info(
+            "Best trial %d (%s = %.4f). Train and test it once with:\n"
+            "  python -m fer_lab.train --config-dir %s --config-name best",
+            best.number,
+            self.config.optimized_metric,
+            best.value,
+            self.sweep_dir,
+        )
+        return target
