@@ -15,7 +15,7 @@ from fer_lab.core.cli import run, user_errors_exit_2
 from fer_lab.core.config import CONFIG_PATH
 from fer_lab.core.config_checks import check_values
 from fer_lab.sweeps.optuna_sweeper import OptunaSweeper
-from fer_lab.tracking.stores import prepare_tracking_store
+from fer_lab.tracking.mlflow_store import prepare_tracking_store
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,7 @@
 """Each dataset loader reads fixtures in its real format and yields the right splits."""
 
 import io
+import shutil
 import tarfile
 import zipfile
 from pathlib import Path
@@ -148,6 +149,101 @@ def test_legend_missing_image_is_reported(legend_dataset: Path) -> None:
         ImageFolderCSV(
             str(legend_dataset), ["anger", "happiness", "neutral", "sadness", "surprise"]
         ).load()
+
+
+LEGEND_CLASSES = ["anger", "happiness", "neutral", "sadness", "surprise"]
+
+
+@pytest.fixture
+def muxspace_dataset(legend_dataset: Path) -> Path:
+    """The muxspace facial_expressions checkout: data/legend.csv lists bare file names, the
+    photos are in images/ beside data/ (legend_dataset's photos, where they already are)."""
+    root = legend_dataset.parent
+    legend = root / "data" / "legend.csv"
+    legend.parent.mkdir()
+    legend.write_text(legend_dataset.read_text().replace(",images/", ","))
+    legend_dataset.unlink()
+    return legend
+
+
+def test_muxspace_layout_finds_images_beside_data(muxspace_dataset: Path) -> None:
+    cfg = compose_config("dataset=image_folder_csv", f"dataset.path={muxspace_dataset}")
+    assert cfg.dataset.image_root is None
+    splits = instantiate(cfg.dataset).load()
+    assert (len(splits.train), len(splits.val), len(splits.test)) == (50, 5, 5)
+    images = muxspace_dataset.parent.parent / "images"
+    assert all(Path(path).parent == images for path in splits.train.images)
+
+
+def test_images_beside_the_csv_come_first(muxspace_dataset: Path) -> None:
+    """With the listed files both beside the CSV and in ../images, the CSV's folder wins."""
+    for photo in (muxspace_dataset.parent.parent / "images").iterdir():
+        shutil.copy(photo, muxspace_dataset.parent)
+    splits = ImageFolderCSV(str(muxspace_dataset), LEGEND_CLASSES).load()
+    assert all(Path(path).parent == muxspace_dataset.parent for path in splits.train.images)
+
+
+def test_images_nowhere_near_is_one_error_naming_the_folders(muxspace_dataset: Path) -> None:
+    images = muxspace_dataset.parent.parent / "images"
+    images.rename(images.with_name("photos"))
+    with pytest.raises(DataError) as error:
+        ImageFolderCSV(str(muxspace_dataset), LEGEND_CLASSES, on_bad_data="skip").load()
+    message = str(error.value)
+    assert message.startswith(f"{muxspace_dataset}: 60 of 60 listed images not found")
+    assert f"  {muxspace_dataset.parent} (beside the CSV): 60 of 60 missing, e.g. " in message
+    assert f"  {images} (images/ beside the CSV's folder): 60 of 60 missing, e.g. " in message
+    assert f"e.g. {images / 'img_0.jpg'}" in message
+    assert "dataset.image_root=/path/to/images" in message
+    assert "file not found" not in message  # no list of files
+    assert len(message.splitlines()) == 4
+
+
+def test_explicit_image_root_is_used(muxspace_dataset: Path) -> None:
+    images = muxspace_dataset.parent.parent / "images"
+    photos = images.rename(images.with_name("photos"))
+    cfg = compose_config(
+        "dataset=image_folder_csv",
+        f"dataset.path={muxspace_dataset}",
+        f"dataset.image_root={photos}",
+    )
+    splits = instantiate(cfg.dataset).load()
+    assert len(splits.train) + len(splits.val) + len(splits.test) == 60
+    assert all(Path(path).parent == photos for path in splits.train.images)
+
+
+def test_explicit_image_root_is_the_only_folder_searched(muxspace_dataset: Path) -> None:
+    """A wrong image_root is not second-guessed, though images/ would hold the files."""
+    empty = muxspace_dataset.parent.parent / "empty"
+    empty.mkdir()
+    with pytest.raises(DataError) as error:
+        ImageFolderCSV(str(muxspace_dataset), LEGEND_CLASSES, image_root=str(empty)).load()
+    message = str(error.value)
+    assert (
+        f"  {empty} (dataset.image_root): 60 of 60 missing, e.g. {empty / 'img_0.jpg'}" in message
+    )
+    assert "beside the CSV" not in message
+
+
+def test_a_few_missing_muxspace_images_are_bad_rows_with_lines(muxspace_dataset: Path) -> None:
+    images = muxspace_dataset.parent.parent / "images"
+    for name in ("img_7.png", "img_8.png"):
+        (images / name).unlink()
+    with pytest.raises(DataError) as error:
+        ImageFolderCSV(str(muxspace_dataset), LEGEND_CLASSES).load()
+    message = str(error.value)
+    assert message.startswith(f"{muxspace_dataset}: 2 bad rows:")
+    assert f"{images / 'img_7.png'} (line 9): file not found" in message
+    assert f"{images / 'img_8.png'} (line 10): file not found" in message
+    assert "dataset.on_bad_data=skip" in message
+    skipped = ImageFolderCSV(str(muxspace_dataset), LEGEND_CLASSES, on_bad_data="skip").load()
+    assert [item.line for item in skipped.skipped] == [9, 10]
+
+
+def test_half_missing_is_still_bad_rows(legend_dataset: Path) -> None:
+    for i in range(0, 60, 2):
+        (legend_dataset.parent / "images" / f"img_{i}.{'png' if i % 3 else 'jpg'}").unlink()
+    splits = ImageFolderCSV(str(legend_dataset), LEGEND_CLASSES, on_bad_data="skip").load()
+    assert len(splits.skipped) == 30
 
 
 @pytest.mark.fer2013

@@ -16,7 +16,7 @@ from hydra import compose, initialize_config_module
 from omegaconf import DictConfig
 
 from fer_lab.core.errors import ConfigError
-from fer_lab.eval import Evaluation, evaluate
+from fer_lab.inference.evaluate import Evaluation, evaluate
 from fer_lab.inference.tta import tta_views
 from fer_lab.training.resume import read_state
 

@@ -15,12 +15,14 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from fer_lab.tracking.figures import (
-    find_misclassified,
     most_confused_pair,
-    net_from_checkpoint,
     write_class_histogram,
     write_learning_curves,
     write_misclassified_grid,
+)
+from fer_lab.training.misclassified import (
+    find_misclassified,
+    net_from_checkpoint,
     write_most_confused,
 )
 from fer_lab.training.module import FERLitModule
@@ -115,7 +117,7 @@ def test_checkpoint_weights_go_into_a_copy(tmp_path: Path) -> None:
 
 
 def test_no_misclassifications_no_grid(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.INFO, logger="fer_lab.tracking.figures"):
+    with caplog.at_level(logging.INFO, logger="fer_lab.training.misclassified"):
         paths = write_most_confused(
             MeanBrightness(),
             "unused.ckpt",

@@ -15,9 +15,11 @@ from torch import nn
 
 from fer_lab.core.errors import ConfigError
 from fer_lab.inference.checkpoint import inference_device, load_trained
-from fer_lab.tracking.figures import find_misclassified, net_from_checkpoint
-from fer_lab.training.module import BatchMean, FERLitModule
-from fer_lab.training.run_control import TRUST_ENV, NonFiniteLossError, NonFiniteLossWatch
+from fer_lab.training.checkpoint_io import TRUST_ENV
+from fer_lab.training.metrics import BatchMean
+from fer_lab.training.misclassified import find_misclassified, net_from_checkpoint
+from fer_lab.training.module import FERLitModule
+from fer_lab.training.stopping import NonFiniteLossError, NonFiniteLossWatch
 
 from .accelerator import OnAccelerator, host_syncs, module_to_accelerator, to_accelerator
 from .helpers import REPO_ROOT, compose_config, run_cli

@@ -1,9 +1,14 @@
 """Losses: seed 002's class weights, seed 003's MSE on softmax, label smoothing."""
 
+import math
+
 import pytest
 import torch
+from hydra.utils import instantiate
 
 from fer_lab.training.losses import CrossEntropyLoss, MSEOneHotLoss, capped_inverse_frequency
+
+from .helpers import compose_config
 
 
 def test_seed002_class_weights_are_capped_inverse_frequencies() -> None:
@@ -39,3 +44,28 @@ def test_label_smoothing_is_applied() -> None:
     smooth = CrossEntropyLoss([2, 1, 1], label_smoothing=0.1)(logits, target)
     expected = torch.nn.functional.cross_entropy(logits, target, label_smoothing=0.1)
     assert smooth.item() == pytest.approx(expected.item())
+
+
+def test_weighted_cross_entropy_matches_torch_with_hand_computed_weights() -> None:
+    """conf/loss/cross_entropy_weighted.yaml: weights min(max_count / count, 3) from the
+    training split's counts, here 6, 3 and 1 images: 6/6 = 1, 6/3 = 2, 6/1 = 6 capped to 3."""
+    loss = instantiate(compose_config("loss=cross_entropy_weighted").loss, class_counts=[6, 3, 1])
+    assert isinstance(loss, CrossEntropyLoss)
+    assert loss.class_weights.tolist() == [1.0, 2.0, 3.0]
+
+    logits = torch.tensor([[2.0, 0.5, -1.0], [0.0, 1.0, 0.0], [0.3, -0.2, 1.5], [1.0, 1.0, 1.0]])
+    labels = torch.tensor([0, 1, 2, 1])
+    weights = torch.tensor([1.0, 2.0, 3.0])
+    expected = torch.nn.functional.cross_entropy(logits, labels, weight=weights)
+    assert loss(logits, labels).item() == pytest.approx(expected.item(), rel=1e-6)
+
+    # The same by hand: the weighted mean of -log softmax at the label.
+    nll = [
+        -math.log(math.exp(row[y]) / sum(math.exp(v) for v in row))
+        for row, y in zip(logits.tolist(), labels.tolist(), strict=True)
+    ]
+    w = [weights[y].item() for y in labels.tolist()]  # 1, 2, 3, 2
+    by_hand = sum(wi * li for wi, li in zip(w, nll, strict=True)) / sum(w)
+    assert loss(logits, labels).item() == pytest.approx(by_hand, rel=1e-6)
+    # and not the unweighted mean
+    assert by_hand != pytest.approx(sum(nll) / 4, rel=1e-3)

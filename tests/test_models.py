@@ -1,5 +1,6 @@
 """Every model config builds, runs on its input size and matches the seeds' parameter counts."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -14,12 +15,25 @@ from .helpers import compose_config
 
 MODELS = sorted(p.stem for p in (Path(__file__).parents[1] / "conf" / "model").glob("*.yaml"))
 
-# Reference counts from the seeds (000 for 2 classes, 002 for 8 classes).
-SEED_COUNTS = {
+# (total, trainable) parameters per model config, with the dataset that fixes the number of
+# classes: README.md's "### Models" table (2 classes for seed 000's models, 8 for seed 002's,
+# 7 otherwise), and for fer_vgg, which the table leaves out, its config's comment.
+REFERENCE_COUNTS = {
+    ("cntk_simple", "fer2013_happy_sad"): (28_274, 28_274),
     ("dachapally", "fer2013_happy_sad"): (5_935_330, 5_935_330),
     ("dachapally_wide", "fer2013_happy_sad"): (37_917_906, 37_917_906),
+    ("tf_emotion_cnn", "synthetic"): (2_380_679, 2_380_679),
     ("vgg16_transfer", "image_folder_csv"): (40_414_024, 32_778_760),
+    ("convnet0", "synthetic"): (20_235, 20_235),
+    ("convnet1", "synthetic"): (19_550_869, 19_550_869),
+    ("convnet2", "synthetic"): (2_444_437, 2_444_437),
+    ("convnet3", "synthetic"): (1_259_669, 1_259_669),
+    ("convnet4", "synthetic"): (613_973, 613_973),
+    ("convnet5", "synthetic"): (1_259_669, 1_259_669),
+    ("nouri", "synthetic"): (4_250_479, 4_250_479),
+    ("fer_vgg", "synthetic"): (4_821_191, 4_821_191),
 }
+COUNTS_BY_MODEL = {name: counts for (name, _), counts in REFERENCE_COUNTS.items()}
 
 
 def build(model: str, dataset: str = "synthetic", *overrides: str) -> torch.nn.Module:
@@ -45,10 +59,50 @@ def test_model_forward_gives_one_score_per_class(name: str) -> None:
     assert torch.isfinite(out).all()
 
 
-@pytest.mark.parametrize(("name", "dataset"), list(SEED_COUNTS))
+@pytest.mark.parametrize(("name", "dataset"), list(REFERENCE_COUNTS))
 def test_parameter_counts_match_the_seeds(name: str, dataset: str) -> None:
     net, _ = build(name, dataset)
-    assert count_parameters(net) == SEED_COUNTS[(name, dataset)]
+    assert count_parameters(net) == REFERENCE_COUNTS[(name, dataset)]
+
+
+def test_every_model_config_has_a_reference_count() -> None:
+    assert sorted(COUNTS_BY_MODEL) == MODELS
+
+
+def readme_model_counts() -> dict[str, tuple[int, int]]:
+    """(total, trainable) per config in README.md's "### Models" table: one number is both,
+    "a / b trainable" is both apart, and `convnet0`..`convnet5` lists one number per network."""
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    section = readme.split("\n### Models\n", 1)[1].split("\n#", 1)[0]
+    counts = {}
+    for row in section.splitlines():
+        cells = [cell.strip() for cell in row.strip().strip("|").split("|")]
+        names = re.findall(r"`(\w+)`", cells[0])
+        if len(cells) != 3 or not names:
+            continue  # prose, the header or the separator
+        numbers = [int(n.replace(",", "")) for n in re.findall(r"\d{1,3}(?:,\d{3})+", cells[2])]
+        if ".." in cells[0]:  # `convnet0`..`convnet5`
+            stem = names[0].rstrip("0123456789")
+            first, last = int(names[0][len(stem) :]), int(names[1][len(stem) :])
+            names = [f"{stem}{i}" for i in range(first, last + 1)]
+            counts |= {name: (n, n) for name, n in zip(names, numbers, strict=True)}
+        elif "trainable" in cells[2]:
+            total, trainable = numbers
+            counts[names[0]] = (total, trainable)
+        else:
+            (total,) = numbers
+            counts[names[0]] = (total, total)
+    return counts
+
+
+def test_readme_table_lists_the_asserted_counts() -> None:
+    """The README's reference counts are the ones the test above asserts, for every model it
+    lists (all but fer_vgg)."""
+    listed = readme_model_counts()
+    assert sorted(listed) == sorted(set(MODELS) - {"fer_vgg"})
+    assert listed == {name: COUNTS_BY_MODEL[name] for name in listed}
+    fer_vgg = Path(__file__).parents[1] / "conf" / "model" / "fer_vgg.yaml"
+    assert f"{COUNTS_BY_MODEL['fer_vgg'][0]:,} parameters" in fer_vgg.read_text()
 
 
 def test_num_classes_follows_the_dataset() -> None:

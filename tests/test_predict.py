@@ -19,7 +19,7 @@ from fer_lab.core.errors import ConfigError
 from fer_lab.data.faces import read_image
 from fer_lab.inference.checkpoint import load_trained
 from fer_lab.inference.face_detection import Box, FaceDetector, crop_face
-from fer_lab.predict import FacePredictor, list_images, predict
+from fer_lab.inference.photos import FacePredictor, list_images, predict
 
 from .helpers import REAL_FER2013, REPO_ROOT, write_face_photo, write_image
 

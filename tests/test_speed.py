@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from hydra.utils import instantiate
@@ -14,6 +15,8 @@ from hydra.utils import instantiate
 from fer_lab.core.config import loader_workers, on_gpu
 from fer_lab.core.config_checks import check_values
 from fer_lab.core.errors import ConfigError
+from fer_lab.data.faces import Faces
+from fer_lab.data.on_device.batch_transform import BatchTransform
 from fer_lab.training.job import supported_precision
 
 from .helpers import REPO_ROOT, compose_config, run_train
@@ -66,11 +69,67 @@ def test_colour_model_gets_three_identical_channels() -> None:
     assert x.shape[1] == 3 and torch.equal(x[:, 0], x[:, 2])
 
 
-def test_auto_pipeline_is_per_sample_without_a_gpu() -> None:
+def auto_pipeline(monkeypatch: pytest.MonkeyPatch, device: str, *overrides: str) -> str:
+    """What `data.pipeline=auto` picks when training runs on `device` (the attached trainer's
+    root device, stood in for here: the decision itself needs no CUDA)."""
+    module = datamodule("data.pipeline=auto", *overrides)
+    monkeypatch.setattr(module, "device", lambda: torch.device(device))
+    return module.resolved_pipeline()
+
+
+def test_auto_pipeline_puts_small_images_with_supported_augmentation_on_the_gpu(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for augmentation in ("none", "hflip", "strong"):
+        assert auto_pipeline(monkeypatch, "cuda", f"augmentation={augmentation}") == "on_device"
+        assert auto_pipeline(monkeypatch, "cpu", f"augmentation={augmentation}") == "per_sample"
+
+
+def test_auto_pipeline_without_a_trainer_is_per_sample() -> None:
+    module = datamodule("data.pipeline=auto", "augmentation=strong")
+    assert module.device() == torch.device("cpu")
+    assert module.resolved_pipeline() == "per_sample"
+
+
+def test_auto_pipeline_falls_back_for_augmentation_the_gpu_path_lacks(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    blur = "augmentation.train=[{_target_:albumentations.GaussianBlur,p:0.5}]"
+    module = datamodule("data.pipeline=auto", blur)
+    assert [type(t).__name__ for t in module.augmentation] == ["GaussianBlur"]
+    assert BatchTransform.unsupported(module.augmentation, module.preprocess, 48) is not None
+    assert auto_pipeline(monkeypatch, "cuda", blur) == "per_sample"
+    assert auto_pipeline(monkeypatch, "cuda", "augmentation=hflip") == "on_device"
+
+
+@pytest.mark.parametrize(("side", "pipeline"), [(64, "on_device"), (65, "per_sample")])
+def test_auto_pipeline_keeps_images_up_to_64_px_on_the_gpu(
+    monkeypatch: pytest.MonkeyPatch, side: int, pipeline: str
+) -> None:
     module = datamodule("data.pipeline=auto")
-    assert module.resolved_pipeline() == (
-        "on_device" if torch.cuda.is_available() else "per_sample"
-    )
+    train = module.splits.train
+    module.splits.train = Faces(np.zeros((len(train), side, side), np.uint8), train.labels)
+    monkeypatch.setattr(module, "device", lambda: torch.device("cuda"))
+    assert module.resolved_pipeline() == pipeline
+
+
+def test_auto_pipeline_reads_image_files_per_sample(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    module = datamodule("data.pipeline=auto")
+    train = module.splits.train
+    files = [tmp_path / f"{i}.png" for i in range(len(train))]  # not in memory: never read here
+    module.splits.train = Faces(files, train.labels)
+    monkeypatch.setattr(module, "device", lambda: torch.device("cuda"))
+    assert module.resolved_pipeline() == "per_sample"
+
+
+def test_explicit_pipeline_is_kept_on_any_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    for pipeline in ("per_sample", "on_device"):
+        for device in ("cpu", "cuda"):
+            module = datamodule(f"data.pipeline={pipeline}")
+            monkeypatch.setattr(module, "device", lambda d=device: torch.device(d))
+            assert module.resolved_pipeline() == pipeline
 
 
 def test_unknown_pipeline_is_a_config_error() -> None:

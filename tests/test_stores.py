@@ -25,14 +25,14 @@ import requests
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException, RestException
 
-from fer_lab.tracking.stores import (
-    TrackingError,
+from fer_lab.core.errors import TrackingError
+from fer_lab.sweeps.storage import sqlite_study_storage
+from fer_lab.tracking.mlflow_store import (
     is_connectivity_error,
     prepare_tracking_store,
     probe_server,
-    sqlite_path,
-    sqlite_study_storage,
 )
+from fer_lab.tracking.sqlite_files import sqlite_path
 
 WRITERS = 4
 
@@ -176,7 +176,7 @@ def test_concurrent_mlflow_writers_on_a_fresh_sqlite_store(tmp_path: Path) -> No
 
 
 def test_concurrent_optuna_trials_on_a_fresh_sqlite_storage(tmp_path: Path) -> None:
-    from fer_lab.sweeps.trials import open_storage
+    from fer_lab.sweeps.storage import open_storage
 
     url = f"sqlite:///{tmp_path / 'optuna.db'}"
     run_writers(_optuna_writer, url)
@@ -189,7 +189,7 @@ def test_concurrent_optuna_trials_on_a_fresh_sqlite_storage(tmp_path: Path) -> N
 def test_open_storage_by_kind(tmp_path: Path) -> None:
     from optuna.storages import JournalStorage, RDBStorage
 
-    from fer_lab.sweeps.trials import open_storage
+    from fer_lab.sweeps.storage import open_storage
 
     assert isinstance(open_storage(f"sqlite:///{tmp_path / 'optuna.db'}"), RDBStorage)
     assert isinstance(open_storage(str(tmp_path / "optuna.journal")), JournalStorage)

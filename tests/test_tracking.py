@@ -6,8 +6,9 @@ import numpy as np
 import pandas as pd
 from omegaconf import OmegaConf
 
-from fer_lab.tracking.run_tracking import _is_bookkeeping, flatten_config
-from fer_lab.training.run_artifacts import write_confusion_matrix
+from fer_lab.tracking.confusion import write_confusion_matrix
+from fer_lab.tracking.run_config import flatten_config
+from fer_lab.tracking.run_identity import _is_bookkeeping
 
 
 def test_flatten_config_uses_slashes_and_skips_repeated_nodes() -> None:

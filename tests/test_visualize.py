@@ -14,7 +14,8 @@ from torch import nn
 
 from fer_lab.core.errors import ConfigError
 from fer_lab.inference.checkpoint import load_trained
-from fer_lab.visualize import conv_layers, visualize
+from fer_lab.inference.layer_outputs import conv_layers
+from fer_lab.inference.visualization import visualize
 
 from .helpers import REPO_ROOT, write_image
 
@@ -48,7 +49,7 @@ def test_photo_of_another_size_outside_its_run(
     write_image(photo, 90, 130, colour=True, seed=1)
     copy = tmp_path / "copy.ckpt"
     shutil.copy(trained_checkpoint, copy)
-    with caplog.at_level(logging.INFO, logger="fer_lab.visualize"):
+    with caplog.at_level(logging.INFO, logger="fer_lab.inference.visualization"):
         paths = visualize(copy, tmp_path / "out", image=photo, tracking_uri="sqlite:///unused.db")
     assert len(paths) == conv_count(copy) + 1
     assert cv2.imread(str(paths[1])).shape[0] < 500

@@ -189,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     import torch
 
-    from fer_lab.tracking.run_tracking import describe_hardware
+    from fer_lab.tracking.provenance import describe_hardware
 
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA GPU is visible to torch (--device cpu: dry run)")

@@ -32,7 +32,7 @@ from omegaconf import open_dict
 from fer_lab.bench.overhead import compare_training, compare_training_free
 from fer_lab.bench.sweep_rate import trials_per_hour
 from fer_lab.bench.throughput import bench_config, pipeline_throughput, timed
-from fer_lab.tracking.run_tracking import describe_hardware
+from fer_lab.tracking.provenance import describe_hardware
 
 log = logging.getLogger("fer_lab.bench")
 PIPELINES = ("per_sample", "on_device")

@@ -10,7 +10,7 @@ from typing import Any
 
 import optuna
 
-from fer_lab.sweeps.trials import open_storage
+from fer_lab.sweeps.storage import open_storage
 
 
 def trials_per_hour(

@@ -11,3 +11,7 @@ class DataError(FERLabError):
 
 class ConfigError(FERLabError):
     """A config value cannot work (a missing weights file, an impossible combination)."""
+
+
+class TrackingError(FERLabError):
+    """The tracking store cannot be used (server unreachable, store locked)."""

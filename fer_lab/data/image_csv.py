@@ -28,17 +28,29 @@ from fer_lab.data.validation import (
 
 log = logging.getLogger(__name__)
 
+# More than this fraction of the listed images missing means a wrong image folder.
+MAX_MISSING_FRACTION = 0.5
+
 
 class ImageFolderCSV:
     """Labelled photos of any size and colour listed in a CSV (e.g. `legend.csv`).
 
     Labels are matched to `classes` after lower-casing and stripping. Image paths are
-    relative to the CSV's folder unless `image_root` is given. Splits follow seed 002: a
-    seeded `val_fraction` of all rows, then `test_fraction` of the rest, stratified by class.
+    relative to `image_root` when it is given; otherwise to whichever of these folders holds
+    the most listed files, the first on a tie (`image_roots`):
 
-    Each image is decoded once at load. Bad rows (an unknown label, a missing, unreadable or
-    truncated image, an image listed again) stop the load or, with `on_bad_data="skip"`, are
-    left out and listed in `FaceSplits.skipped`.
+    1. the CSV's folder (`.../legend.csv` beside `images/...` paths);
+    2. `images/` beside the CSV's folder: the muxspace facial_expressions layout, where
+       `data/legend.csv` lists bare file names kept in `images/`.
+
+    Splits follow seed 002: a seeded `val_fraction` of all rows, then `test_fraction` of the
+    rest, stratified by class.
+
+    Each image is decoded once at load. When more than half of the listed files are missing
+    from every folder searched, the image folder is wrong: one error names the folders and
+    the `dataset.image_root` override, whatever `on_bad_data` says. Other bad rows (an unknown
+    label, a missing, unreadable or truncated image, an image listed again) stop the load or,
+    with `on_bad_data="skip"`, are left out and listed in `FaceSplits.skipped`.
     """
 
     colour = True  # photos in colour
@@ -59,7 +71,7 @@ class ImageFolderCSV:
         self.path = Path(path).expanduser()
         self.name = name
         self.classes = [c.strip().lower() for c in classes]
-        self.image_root = Path(image_root).expanduser() if image_root else self.path.parent
+        self.image_root = Path(image_root).expanduser() if image_root else None
         self.image_column = image_column
         self.label_column = label_column
         self.val_fraction = val_fraction
@@ -71,8 +83,8 @@ class ImageFolderCSV:
         if not self.path.is_file():
             raise DataError(
                 f"{self.path}: no such CSV. Point dataset.path at the label file (for the "
-                "muxspace facial_expressions set: data/legend.csv, with "
-                "dataset.image_root=.../images)"
+                "muxspace facial_expressions set: .../facial_expressions/data/legend.csv; its "
+                "images/ folder is then found on its own)"
             )
         table, lines, bad = read_csv_rows(self.path)
         columns = (self.image_column, self.label_column)
@@ -80,6 +92,8 @@ class ImageFolderCSV:
             self.path, table, columns, "set dataset.image_column / dataset.label_column"
         )
         listed, unlabelled = self._entries(table, lines)
+        root = self._find_image_root([entry.path for entry in listed])
+        listed = [entry._replace(path=root / entry.path) for entry in listed]
         entries, duplicates = without_duplicates(listed, key=lambda e: os.path.normpath(e.path))
         entries, unreadable = without_unreadable(entries)
         bad = sorted(bad + unlabelled + duplicates + unreadable, key=lambda item: item.line)
@@ -92,10 +106,54 @@ class ImageFolderCSV:
         train, test = split_off(rest, self.test_fraction, self.seed + 1)
         return FaceSplits(train=train, val=val, test=test, skipped=skipped)
 
+    def image_roots(self) -> list[tuple[Path, str]]:
+        """The folders image paths may be relative to, in the order they are tried, each with
+        why it is tried: `image_root` alone when it is set."""
+        if self.image_root is not None:
+            return [(self.image_root, "dataset.image_root")]
+        return [
+            (self.path.parent, "beside the CSV"),
+            (self.path.absolute().parent.parent / "images", "images/ beside the CSV's folder"),
+        ]
+
+    def _find_image_root(self, names: Sequence[Path]) -> Path:
+        """The one of `image_roots` holding the most listed files, the first on a tie (one
+        holding all of them ends the search). More than half of them missing from every folder
+        is one error naming the folders and the override, not a list of files."""
+        names = list(dict.fromkeys(names))
+        searched: list[tuple[Path, str, list[Path]]] = []
+        for root, why in self.image_roots():
+            missing = [root / name for name in names if not (root / name).is_file()]
+            if not missing:
+                return root
+            searched.append((root, why, missing))
+        root, _, missing = min(searched, key=lambda found: len(found[2]))
+        if len(missing) <= MAX_MISSING_FRACTION * len(names):
+            return root  # a few files missing: bad rows, reported with their lines
+        raise DataError(self._wrong_root_message(len(names), searched))
+
+    def _wrong_root_message(self, total: int, searched: list[tuple[Path, str, list[Path]]]) -> str:
+        fewest = min(len(missing) for _, _, missing in searched)
+        folders = [
+            f"  {root} ({why}): {len(missing)} of {total} missing, e.g. {missing[0]}"
+            for root, why, missing in searched
+        ]
+        return "\n".join(
+            [
+                f"{self.path}: {fewest} of {total} listed images not found in the image "
+                "folder(s) searched:",
+                *folders,
+                "Set dataset.image_root=/path/to/images: the folder the CSV's "
+                f"{self.image_column!r} paths are relative to (for the muxspace "
+                "facial_expressions set: .../facial_expressions/images).",
+            ]
+        )
+
     def _entries(
         self, table: pd.DataFrame, lines: np.ndarray
     ) -> tuple[list[ImageEntry], list[BadItem]]:
-        """An entry per row naming an image and a class; the other rows as bad items."""
+        """An entry per row naming an image and a class, its path as the CSV gives it; the
+        other rows as bad items."""
         lookup = {name: i for i, name in enumerate(self.classes)}
         entries: list[ImageEntry] = []
         bad: list[BadItem] = []
@@ -106,7 +164,7 @@ class ImageFolderCSV:
             if reason:
                 bad.append(BadItem(str(self.path), line, None, reason))
             else:
-                entries.append(ImageEntry(self.image_root / image, code, None, line))
+                entries.append(ImageEntry(Path(image), code, None, line))
         return entries, bad
 
     def _check_classes(self, listed: set[int], labels: np.ndarray, left_out: int) -> None:

@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from fer_lab.core.errors import ConfigError
 from fer_lab.data.transforms import build_transforms
 from fer_lab.models import FERNet
-from fer_lab.training.run_control import UntrustedCheckpointError, load_checkpoint
+from fer_lab.training.checkpoint_io import UntrustedCheckpointError, load_checkpoint
 
 
 @dataclass

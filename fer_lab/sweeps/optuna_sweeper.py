@@ -92,7 +92,7 @@ class OptunaSweeper(Sweeper):
         # Imported here so registering the plugin (on every `python -m fer_lab.train`) stays
         # light: these pull in MLflow and Lightning.
         from fer_lab.sweeps.parent_runs import SweepRun
-        from fer_lab.sweeps.trials import open_storage
+        from fer_lab.sweeps.storage import open_storage
 
         space, fixed = parse_search_space(self.params, arguments)
         space = self._drop_absent_keys(space)

@@ -16,7 +16,8 @@ from omegaconf import DictConfig
 from optuna.distributions import BaseDistribution
 from optuna.trial import TrialState
 
-from fer_lab.tracking.stores import prepare_tracking_store
+from fer_lab.tracking.mlflow_store import prepare_tracking_store
+from fer_lab.tracking.run_identity import PARENT_RUN_ENV, logs_to_mlflow
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -24,16 +25,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SWEEP_TAG = "fer_lab.sweep"
-# How a grid multirun's parent run id reaches its jobs (in-process or in launcher workers).
-PARENT_RUN_ENV = "FER_LAB_PARENT_RUN_ID"
-
-
-def logs_to_mlflow(config: DictConfig) -> bool:
-    """Whether the composed config's `logger` logs to MLflow: it names a tracking store.
-
-    Read from the config, not the logger class, so Hydra's callback can check it without
-    importing Lightning on every start."""
-    return config.logger.get("tracking_uri") is not None
 
 
 class SweepRun:

@@ -26,7 +26,8 @@ from pytorch_lightning.loggers import MLFlowLogger
 from pytorch_lightning.loggers.logger import rank_zero_experiment
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
-from fer_lab.tracking.stores import TrackingError, is_connectivity_error, prepare_tracking_store
+from fer_lab.core.errors import TrackingError
+from fer_lab.tracking.mlflow_store import is_connectivity_error, prepare_tracking_store
 
 log = logging.getLogger(__name__)
 

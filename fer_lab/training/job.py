@@ -16,11 +16,12 @@ from fer_lab.core.config_checks import check_classes
 from fer_lab.core.errors import FERLabError
 from fer_lab.data import FERDataModule
 from fer_lab.models.base import check_forward
-from fer_lab.sweeps.trials import OptunaPruning
-from fer_lab.tracking.run_tracking import build_logger, log_run_config, log_skipped_data, mark_run
+from fer_lab.sweeps.pruning import OptunaPruning
+from fer_lab.tracking.run_config import log_run_config, log_skipped_data
+from fer_lab.tracking.run_logger import build_logger, mark_run
 from fer_lab.training.module import FERLitModule
 from fer_lab.training.resume import find_resume_point, write_state
-from fer_lab.training.run_control import NonFiniteLossError
+from fer_lab.training.stopping import NonFiniteLossError
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from torch import nn
-from torchmetrics import MaxMetric, Metric, MetricCollection
+from torchmetrics import MaxMetric, MetricCollection
 from torchmetrics.classification import (
     MulticlassAccuracy,
     MulticlassConfusionMatrix,
@@ -20,35 +20,14 @@ from torchmetrics.classification import (
 )
 
 from fer_lab.models import FERNet
-from fer_lab.training.run_control import NonFiniteLossWatch
+from fer_lab.training.metrics import BatchMean
+from fer_lab.training.stopping import NonFiniteLossWatch
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 SPLITS = ("train", "val", "test")
 # Steps between two reads of the non-finite-loss record, each a host sync: a NaN run stops
 # within this many steps, and before any validation, checkpoint or logged epoch.
 NONFINITE_CHECK_EVERY = 50
-
-
-class BatchMean(Metric):
-    """The per-image mean of a loss given as per-batch means, accumulated without a host sync.
-
-    torchmetrics' MeanMetric checks each value for NaN (a sync per step) unless told
-    `nan_strategy="disable"`, which in torchmetrics 1.9 also replaces the weights by ones.
-    """
-
-    full_state_update = False
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.add_state("total", torch.zeros(()), dist_reduce_fx="sum")
-        self.add_state("count", torch.zeros(()), dist_reduce_fx="sum")
-
-    def update(self, batch_mean: torch.Tensor, batch_size: int) -> None:
-        self.total += batch_mean.detach().float() * batch_size
-        self.count += batch_size
-
-    def compute(self) -> torch.Tensor:
-        return self.total / self.count
 
 
 class FERLitModule(pl.LightningModule):

@@ -14,7 +14,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from fer_lab.core.errors import ConfigError
-from fer_lab.training.run_control import load_checkpoint
+from fer_lab.training.checkpoint_io import load_checkpoint
 
 log = logging.getLogger(__name__)
 

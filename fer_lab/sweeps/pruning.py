@@ -1,33 +1,16 @@
-"""The trial side of an Optuna sweep: the shared study storage and per-epoch pruning.
+"""The trial side of an Optuna sweep: per-epoch pruning.
 
 The sweeper (hydra_plugins/fer_lab_optuna) asks Optuna for a trial and passes its id to the
 training job as `sweep.trial_id`; the job reopens the study from the shared storage, so
 pruning works whether trials run in-process or in other processes (joblib, other machines).
 """
 
-from pathlib import Path
-
 import optuna
 import pytorch_lightning as pl
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
-from optuna.storages import BaseStorage, JournalStorage
-from optuna.storages.journal import JournalFileBackend
 
-from fer_lab.tracking.stores import is_sqlite_url, sqlite_study_storage
-
-
-def open_storage(spec: str) -> str | BaseStorage:
-    """A journal file path, or an RDB URL (postgresql://, ...) as is. Optuna locks a journal
-    per write; a sqlite:// file is created under a lock, in WAL mode, and its connections
-    wait for the write lock, so parallel trials never see "database is locked"."""
-    if is_sqlite_url(spec):
-        return sqlite_study_storage(spec)
-    if "://" in spec:
-        return spec
-    path = Path(spec).expanduser()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return JournalStorage(JournalFileBackend(str(path)))
+from fer_lab.sweeps.storage import open_storage
 
 
 class OptunaPruning(pl.Callback):

@@ -1,42 +1,26 @@
-"""Tracking stores that survive faults: a fast, clear failure for an unreachable MLflow server,
-and SQLite files (MLflow's, Optuna's) that several processes can create and write at once.
-
-SQLite: a fresh file raced by parallel trials breaks MLflow's schema creation ("table
-_alembic_tmp_... already exists", half-applied migrations), so the first process per machine
-creates and migrates it under a file lock while the others wait. The file is switched to WAL
-(persistent in the file), so readers (`mlflow ui`) never block writers, and connections wait
-for the write lock instead of failing with "database is locked": MLflow's sessions wait 20 s
-(its own `PRAGMA busy_timeout`), Optuna's SQLITE_TIMEOUT_S (sqlite3's connect timeout).
+"""The MLflow tracking store, checked before a run uses it: a fast, clear failure for an
+unreachable server; a SQLite file created once, under a lock (fer_lab/tracking/sqlite_files.py).
 """
 
 import contextlib
-import hashlib
 import os
 import sqlite3
-import tempfile
-from collections.abc import Iterator
-from pathlib import Path
-from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
-from filelock import FileLock, Timeout
+from fer_lab.core.errors import TrackingError
+from fer_lab.tracking.sqlite_files import (
+    SQLITE_TIMEOUT_S,
+    is_sqlite_url,
+    prepared_sqlite,
+    sqlite_path,
+)
 
-from fer_lab.core.errors import FERLabError
-
-if TYPE_CHECKING:
-    import optuna
-
-SQLITE_TIMEOUT_S = 60.0
 PROBE_TIMEOUT_S = 1.5
 # MLflow's defaults (7 retries with exponential backoff, 120 s timeout) block a training step
 # for minutes per call when the server is down; our buffering logger retries later instead.
 HTTP_LIMITS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
 
 _prepared: set[str] = set()
-
-
-class TrackingError(FERLabError):
-    """The tracking store cannot be used (server unreachable, store locked)."""
 
 
 def prepare_tracking_store(uri: str) -> None:
@@ -126,50 +110,3 @@ def probe_server(uri: str) -> None:
         f"--port {port}`), or unset MLFLOW_TRACKING_URI (or logger.tracking_uri) to log to "
         f"./mlflow.db, or train with logger=csv."
     )
-
-
-def sqlite_study_storage(url: str) -> "optuna.storages.RDBStorage":
-    """Optuna's storage for a SQLite file; its table creation races on a fresh file too."""
-    from optuna.storages import RDBStorage
-
-    with prepared_sqlite(url):
-        return RDBStorage(url, engine_kwargs={"connect_args": {"timeout": SQLITE_TIMEOUT_S}})
-
-
-def is_sqlite_url(url: str) -> bool:
-    """sqlite:///file (or a driver variant, sqlite+pysqlite:///file)."""
-    return urlparse(url).scheme.split("+")[0] == "sqlite"
-
-
-def sqlite_path(url: str) -> Path | None:
-    """The file of a `sqlite:///file` URL; None for an in-memory database."""
-    path = url.split("://", 1)[1].split("?", 1)[0].removeprefix("/")
-    return Path(path) if path and path != ":memory:" else None
-
-
-@contextlib.contextmanager
-def prepared_sqlite(url: str) -> Iterator[None]:
-    """Hold the machine-wide creation lock of a SQLite file, switched to WAL, while the body
-    creates or migrates its tables; other processes preparing the same file wait."""
-    path = sqlite_path(url)
-    if path is None:
-        yield
-        return
-    path = path.expanduser().resolve()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # In the temp dir, like MLflow's own lock, so no lock files appear beside the database.
-    digest = hashlib.sha1(str(path).encode()).hexdigest()[:16]
-    lock = FileLock(Path(tempfile.gettempdir()) / f"fer_lab-sqlite-{digest}.lock")
-    try:
-        lock.acquire(timeout=10 * SQLITE_TIMEOUT_S)
-    except Timeout as error:
-        raise TrackingError(
-            f"Another process has held the lock on {path} ({lock.lock_file}) for "
-            f"{10 * SQLITE_TIMEOUT_S:g} s; stop it, or delete the lock file if none runs."
-        ) from error
-    try:
-        with contextlib.closing(sqlite3.connect(path, timeout=SQLITE_TIMEOUT_S)) as connection:
-            connection.execute("PRAGMA journal_mode=WAL")
-        yield
-    finally:
-        lock.release()

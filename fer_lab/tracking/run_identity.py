@@ -1,0 +1,64 @@
+"""A training run's identity in MLflow: its name, its tags, its parent run.
+
+Light to import (no torch, no Lightning): Hydra's multirun callback reads it on every start.
+"""
+
+import os
+
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+import fer_lab
+from fer_lab.tracking.protocol import protocol_tags
+from fer_lab.tracking.provenance import describe_hardware, git_commit
+
+# How a grid multirun's parent run id reaches its jobs (in-process or in launcher workers).
+PARENT_RUN_ENV = "FER_LAB_PARENT_RUN_ID"
+
+
+def logs_to_mlflow(config: DictConfig) -> bool:
+    """Whether the composed config's `logger` logs to MLflow: it names a tracking store.
+
+    Read from the config, not the logger class, so Hydra's callback can check it without
+    importing Lightning on every start."""
+    return config.logger.get("tracking_uri") is not None
+
+
+def run_identity(cfg: DictConfig) -> tuple[str, dict[str, str]]:
+    """Run name (model plus the overrides that change the experiment) and tags for MLflow.
+
+    Paths and logger settings are left out of the name (they stay in `hydra_overrides`), so
+    names read like "dachapally optimizer.lr=0.01" in the runs list.
+    """
+    hydra_cfg = HydraConfig.get()
+    sweep = cfg.get("sweep") or {}
+    words = [cfg.names.model]
+    if sweep.get("trial_number") is not None:
+        words.append(f"trial {sweep.trial_number}")
+    words += [o for o in hydra_cfg.overrides.task if not _is_bookkeeping(o.split("=", 1)[0])]
+    tags = {
+        "dataset": str(cfg.names.dataset),
+        "model": str(cfg.names.model),
+        "mlflow.source.git.commit": git_commit(),
+        "fer_lab_version": fer_lab.__version__,
+        "hydra_overrides": " ".join(hydra_cfg.overrides.task) or "(none)",
+        "output_dir": hydra_cfg.runtime.output_dir,
+        "hardware": describe_hardware(),
+    }
+    tags.update(protocol_tags(cfg))
+    if cfg.get("experiment_tag"):
+        tags["experiment"] = str(cfg.experiment_tag)
+    parent = sweep.get("parent_run_id") or os.environ.get(PARENT_RUN_ENV)
+    if parent:
+        tags["mlflow.parentRunId"] = str(parent)
+    if sweep.get("trial_number") is not None:
+        tags["optuna.trial"] = str(sweep.trial_number)
+        tags["optuna.study"] = str(hydra_cfg.sweeper.study_name)
+    return " ".join(words)[:250], tags
+
+
+def _is_bookkeeping(key: str) -> bool:
+    key = key.lstrip("+~")
+    return key in ("model", "test", "sweep", "hparams_search", "data.num_workers") or (
+        key.endswith("path") or key.startswith(("paths.", "logger", "hydra."))
+    )
