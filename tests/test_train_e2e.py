@@ -31,9 +31,10 @@ def artifact_paths(client, run_id: str, path: str = "") -> set[str]:
 
 
 def test_training_run_is_tracked_in_mlflow(tmp_path: Path, mlflow_client) -> None:
-    run_train(
+    result = run_train(
         tmp_path, "model=tf_emotion_cnn", "trainer.max_epochs=2", "augmentation=hflip", *SMALL
     )
+    assert "Tip:" not in result.stdout + result.stderr  # Lightning's litlogger advertisement
     client = mlflow_client()
     experiment = client.get_experiment_by_name("synthetic")
     (run,) = client.search_runs([experiment.experiment_id])
@@ -174,10 +175,13 @@ def test_wheel_ships_the_configs_and_trains_outside_the_repo(tmp_path: Path) -> 
         timeout=300,
     )
     assert build.returncode == 0, build.stderr[-3000:]
+    assert "would be ignored" not in build.stdout + build.stderr  # every package declared
     (wheel,) = (tmp_path / "dist").glob("fer_lab-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert "fer_lab/conf/train.yaml" in names
     assert "fer_lab/conf/model/dachapally.yaml" in names
+    assert "fer_lab/data/on_device/batch_transform.py" in names
+    assert "hydra_plugins/fer_lab_optuna/sweeper.py" in names
     site = tmp_path / "site"
     subprocess.run(
         [sys.executable, "-m", "pip", "install", "--no-deps", "--target", str(site), str(wheel)],

@@ -25,6 +25,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from fer_lab.bench.report import gpu_check_summary
+
 log = logging.getLogger("fer_lab.gpu_check")
 EXPERIMENT = "experiment=fer_lab_best"
 # Seconds of each budget spent outside training: bench, eval/predict/visualize, the sweep.
@@ -130,57 +132,6 @@ def training_run(store: str) -> dict[str, Any]:
     }
 
 
-def summary(report: dict[str, Any]) -> str:
-    """The Markdown page: what ran, how long, and the numbers."""
-    lines = [
-        f"# fer_lab GPU check: {report['hardware']}",
-        "",
-        f"device {report['device']}, torch {report['torch']}, data {report['data']}, "
-        f"budget {report['budget_s']:.0f} s, total {report['total_s']:.0f} s",
-        "",
-        "| step | exit | seconds |",
-        "|---|---|---|",
-    ]
-    lines += [
-        f"| {name} | {step['exit_code']} | {step['seconds']:.0f} |"
-        for name, step in report["steps"].items()
-    ]
-    train = report.get("train", {})
-    if train:
-        lines += [
-            "",
-            f"Training `{EXPERIMENT}`: {train['epochs']} epochs; epochs/s "
-            f"{train['epochs_per_s_between_validations'] or float('nan'):.3f} between the first "
-            f"and last validation, {train['epochs_per_s_whole_command']:.3f} for the whole "
-            f"command (start-up and test included). Accuracy: PublicTest (val, best epoch) "
-            f"{train['val_acc_best']:.4f}, PrivateTest (test) {train['test_acc']:.4f}, "
-            f"PrivateTest ten-crop {train['eval_test_tencrop_acc'] or float('nan'):.4f}.",
-        ]
-    for row in report.get("bench", {}).get("training", []):
-        lines.append(
-            f"\nOverhead ({row['timing']}): fer_lab {row['fer_lab_images_per_s']:,.0f} img/s, "
-            f"plain loop {row['plain_images_per_s']:,.0f} img/s, ratio "
-            f"{row['ratio_plain_over_fer_lab']:.3f}; peak MB fer_lab "
-            f"{row['fer_lab_peak_memory_mb']:,.0f}, plain {row['plain_peak_memory_mb']:,.0f}."
-        )
-    pipelines = report.get("bench", {}).get("pipelines", [])
-    if pipelines:
-        lines += ["", "| data pipeline | augmentation | img/s |", "|---|---|---|"]
-        lines += [
-            f"| {row['pipeline']} | {row['augmentation']} | {row['images_per_s']:,.0f} |"
-            for row in pipelines
-        ]
-    for row in report.get("sweep", []):
-        lines.append(
-            f"\nSweep: {row['concurrent']} trials of {row['model']} ({row['epochs']} epochs) "
-            f"at once: {row['trials_per_hour']:.1f} trials/hour."
-        )
-    for name in ("predict", "visualize"):
-        if name in report:
-            lines.append(f"\n{name}: {report[name]}")
-    return "\n".join(lines) + "\n"
-
-
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = arguments(argv)
@@ -261,8 +212,8 @@ def main(argv: list[str] | None = None) -> int:
 
     report["total_s"] = time.perf_counter() - started
     (out / "gpu_check.json").write_text(json.dumps(report, indent=2))
-    (out / "gpu_check.md").write_text(summary(report))
-    print(summary(report))
+    (out / "gpu_check.md").write_text(gpu_check_summary(report, EXPERIMENT))
+    print(gpu_check_summary(report, EXPERIMENT))
     print(f"JSON: {out / 'gpu_check.json'}\nMarkdown: {out / 'gpu_check.md'}")
     return 0 if all(step["exit_code"] == 0 for step in report["steps"].values()) else 1
 

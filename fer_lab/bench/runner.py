@@ -30,6 +30,7 @@ from hydra.utils import instantiate
 from omegaconf import open_dict
 
 from fer_lab.bench.overhead import compare_training, compare_training_free
+from fer_lab.bench.report import report
 from fer_lab.bench.sweep_rate import trials_per_hour
 from fer_lab.bench.throughput import bench_config, pipeline_throughput, timed
 from fer_lab.tracking.provenance import describe_hardware
@@ -179,68 +180,6 @@ def measure_training(args: argparse.Namespace, workdir: Path) -> list[dict[str, 
             [f"{b / a:.3f}" for a, b in zip(fer_lab, plain, strict=True)],
         )
     return results
-
-
-def report(result: dict[str, Any]) -> str:
-    lines = [f"fer_lab bench on {result['hardware']} ({result['device']})"]
-    if "loading" in result:
-        load = result["loading"]
-        cached = load["load_cached_s"]
-        lines.append(
-            f"dataset {load['dataset']}: first load {load['load_first_s']:.2f} s, cached "
-            + (f"{cached:.2f} s" if cached is not None else "n/a (no cache for this dataset)")
-        )
-    if "pipelines" in result:
-        lines.append("\n| data pipeline | augmentation | workers | img/s |\n|---|---|---|---|")
-    for row in result.get("pipelines", []):
-        lines.append(
-            f"| {row['pipeline']} | {row['augmentation']} | {row['workers']} | "
-            f"{row['images_per_s']:,.0f} |"
-        )
-    if result.get("training"):
-        timing = result["training"][0]["timing"]
-        lines.append(
-            f"\ntraining, {timing} timing (fer_lab/bench/overhead.py)"
-            "\n| model | steps | fer_lab img/s | plain img/s | plain/fer_lab | fer_lab peak MB* "
-            "| plain peak MB* |\n|---|---|---|---|---|---|---|"
-        )
-        for row in result["training"]:
-            lines.append(
-                f"| {row['model']} | {row['fer_lab_timed_steps']} | "
-                f"{row['fer_lab_images_per_s']:,.0f} | {row['plain_images_per_s']:,.0f} | "
-                f"{row['ratio_plain_over_fer_lab']:.3f} | {row['fer_lab_peak_memory_mb']:,.0f} | "
-                f"{row['plain_peak_memory_mb']:,.0f} |"
-            )
-        lines.append(memory_note(timing, result["device"]))
-    if result.get("sweep"):
-        lines.append("\n| trials at once | trials | wall s | trials/hour |\n|---|---|---|---|")
-        for row in result["sweep"]:
-            lines.append(
-                f"| {row['concurrent']} | {row['trials']} | {row['wall_s']:.0f} | "
-                f"{row['trials_per_hour']:.1f} |"
-            )
-    return "\n".join(lines)
-
-
-def memory_note(timing: str, device: str) -> str:
-    """What the peak memory columns hold, which differs by timing and device."""
-    what = (
-        "peak GPU allocation"
-        if device == "cuda"
-        else "peak RSS of the process (VmHWM, Python and torch included; where its reset "
-        "through /proc/self/clear_refs is refused, the process's peak so far)"
-    )
-    if timing == "lockstep":
-        return (
-            "*lockstep: both sides run in one fit at once, so both columns give the same "
-            f"figure, their joint {what}, from the building of the plain loop to the end of "
-            "the fit; highest over the model's fits."
-        )
-    freed = "" if device == "cuda" else " Heap the fer_lab side freed may still count for plain."
-    return (
-        f"*free: each side's own {what}, from the building of its data and model to its "
-        f"last step; highest over the model's fits.{freed}"
-    )
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

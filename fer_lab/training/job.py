@@ -26,6 +26,17 @@ from fer_lab.training.stopping import NonFiniteLossError
 log = logging.getLogger(__name__)
 
 
+class _NoAdvertisements(logging.Filter):
+    """Lightning advertises its cloud services on every Trainer ("💡 Tip: ... litlogger",
+    "... litmodels"); fer_lab's commands print only what concerns the run."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("💡 Tip:")
+
+
+logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(_NoAdvertisements())
+
+
 @dataclass
 class TrainingJob:
     """What `python -m fer_lab.train` fits, built from one config (also used by the benchmark)."""
