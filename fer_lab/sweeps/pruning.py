@@ -1,6 +1,6 @@
 """The trial side of an Optuna sweep: per-epoch pruning.
 
-The sweeper (hydra_plugins/fer_lab_optuna) asks Optuna for a trial and passes its id to the
+The sweeper (optuna_sweeper.py) asks Optuna for a trial and passes its id to the
 training job as `sweep.trial_id`; the job reopens the study from the shared storage, so
 pruning works whether trials run in-process or in other processes (joblib, other machines).
 """
