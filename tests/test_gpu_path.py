@@ -15,6 +15,7 @@ from torch import nn
 
 from fer_lab.core.errors import ConfigError
 from fer_lab.inference.checkpoint import inference_device, load_trained
+from fer_lab.inference.tta import predict_proba
 from fer_lab.training.checkpoint_io import TRUST_ENV
 from fer_lab.training.metrics import BatchMean
 from fer_lab.training.misclassified import find_misclassified, net_from_checkpoint
@@ -111,6 +112,17 @@ def test_misclassified_gallery_takes_batches_from_the_gpu() -> None:
     assert examples.indices == [6, 7, 8, 9, 10, 11]
     assert examples.images.shape == (6, 4, 4)
     assert (examples.p_predicted > 0.5).all()
+
+
+def test_eval_scores_batches_from_the_gpu() -> None:
+    """`eval`'s TTA loop given GPU batches: probabilities and labels come back on the CPU, ready
+    for the metrics and reports."""
+    images = torch.linspace(-1, 1, 8).view(8, 1, 1, 1).expand(8, 1, 4, 4)
+    labels = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
+    loader = [to_accelerator((images[i : i + 4], labels[i : i + 4])) for i in (0, 4)]
+    probabilities, got = predict_proba(ByBrightness(), loader, "hflip", 1.125, torch.device("cpu"))
+    assert type(probabilities) is torch.Tensor and type(got) is torch.Tensor
+    assert torch.equal(got, labels) and torch.equal(probabilities.argmax(1), labels)
 
 
 @pytest.mark.slow

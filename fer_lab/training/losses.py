@@ -15,10 +15,17 @@ def capped_inverse_frequency(class_counts: Sequence[int], cap: float) -> torch.T
 
 
 class _ClassWeighted(nn.Module):
-    """Holds the per-class weights (ones unless `max_class_weight` is set)."""
+    """Holds the per-class weights (ones unless `max_class_weight` is set) and the label
+    smoothing every loss here takes."""
 
-    def __init__(self, class_counts: Sequence[int], max_class_weight: float | None) -> None:
+    def __init__(
+        self,
+        class_counts: Sequence[int],
+        label_smoothing: float = 0.0,
+        max_class_weight: float | None = None,
+    ) -> None:
         super().__init__()
+        self.label_smoothing = label_smoothing
         if max_class_weight is None:
             weights = torch.ones(len(class_counts))
         else:
@@ -29,15 +36,6 @@ class _ClassWeighted(nn.Module):
 class CrossEntropyLoss(_ClassWeighted):
     """Softmax cross-entropy with optional label smoothing and class weights."""
 
-    def __init__(
-        self,
-        class_counts: Sequence[int],
-        label_smoothing: float = 0.0,
-        max_class_weight: float | None = None,
-    ) -> None:
-        super().__init__(class_counts, max_class_weight)
-        self.label_smoothing = label_smoothing
-
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return nn.functional.cross_entropy(
             logits, target, weight=self.class_weights, label_smoothing=self.label_smoothing
@@ -46,15 +44,6 @@ class CrossEntropyLoss(_ClassWeighted):
 
 class MSEOneHotLoss(_ClassWeighted):
     """Seed 003's loss: mean squared error between softmax(logits) and the one-hot target."""
-
-    def __init__(
-        self,
-        class_counts: Sequence[int],
-        label_smoothing: float = 0.0,
-        max_class_weight: float | None = None,
-    ) -> None:
-        super().__init__(class_counts, max_class_weight)
-        self.label_smoothing = label_smoothing
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         num_classes = logits.shape[1]
