@@ -1,0 +1,2 @@
+"""Using a trained checkpoint: evaluation with TTA, prediction on photos, filters and
+feature maps."""

@@ -1,0 +1,1 @@
+"""Hyper-parameter sweeps: the Optuna sweeper, study storage, trial pruning, parent runs."""

@@ -1,0 +1,2 @@
+"""MLflow: run identity and tags, the loggers, store checks, run figures and confusion
+matrices."""
