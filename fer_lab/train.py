@@ -14,8 +14,8 @@ from omegaconf import DictConfig, OmegaConf
 from fer_lab.core.cli import run, user_errors_exit_2
 from fer_lab.core.config import CONFIG_PATH
 from fer_lab.core.config_checks import check_values
-from fer_lab.sweeps.optuna_sweeper import OptunaSweeper
 from fer_lab.tracking.mlflow_store import prepare_tracking_store
+from hydra_plugins.fer_lab_optuna.sweeper import OptunaSweeper
 
 log = logging.getLogger(__name__)
 

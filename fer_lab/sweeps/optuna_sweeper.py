@@ -33,7 +33,9 @@ FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
 @dataclass
 class OptunaSweeperConf:
-    _target_: str = "fer_lab.sweeps.optuna_sweeper.OptunaSweeper"
+    # Hydra instantiates only plugin classes defined in the hydra_plugins package: there,
+    # OptunaSweeper subclasses OptunaStudySweeper below (hydra_plugins/fer_lab_optuna/sweeper.py).
+    _target_: str = "hydra_plugins.fer_lab_optuna.sweeper.OptunaSweeper"
     study_name: str = "fer_lab"
     # A journal file path (default, safe for parallel writers) or an RDB URL.
     storage: str = "optuna.journal"
@@ -54,7 +56,9 @@ ConfigStore.instance().store(
 )
 
 
-class OptunaSweeper(Sweeper):
+class OptunaStudySweeper(Sweeper):
+    """The sweeper's logic; Hydra instantiates its hydra_plugins subclass, `OptunaSweeper`."""
+
     def __init__(
         self,
         study_name: str,

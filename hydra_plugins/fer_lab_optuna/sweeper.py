@@ -1,6 +1,10 @@
-"""Hydra finds sweepers by importing the modules of the `hydra_plugins` namespace: importing
-fer_lab's registers `hydra/sweeper: optuna`. The sweeper itself is fer_lab/sweeps/."""
+"""`hydra/sweeper: optuna`: Hydra instantiates only plugin classes defined in the
+`hydra_plugins` package, so the class is declared here; its logic is
+fer_lab/sweeps/optuna_sweeper.py (imported as a module, so Hydra's plugin scan finds only
+this class)."""
 
-from fer_lab.sweeps.optuna_sweeper import OptunaSweeper
+from fer_lab.sweeps import optuna_sweeper
 
-__all__ = ["OptunaSweeper"]
+
+class OptunaSweeper(optuna_sweeper.OptunaStudySweeper):
+    """fer_lab's Optuna sweeper (see fer_lab/sweeps/optuna_sweeper.py)."""
