@@ -145,3 +145,30 @@ def test_joblib_launcher_runs_trials_at_the_same_time(tmp_path: Path, mlflow_cli
     _, children = sweep_runs(mlflow_client())
     first, second = sorted(children, key=lambda r: r.info.start_time)
     assert second.info.start_time < first.info.end_time
+
+
+@pytest.mark.slow
+def test_searched_models_keep_their_own_keys_and_null_keys_are_searchable(tmp_path: Path) -> None:
+    """`model=choice(convnet0,convnet5)` with the default `model.dropout`: convnet0, which has
+    no dropout, trains without it instead of failing the sweep; `loss.max_class_weight`, null
+    in the config, is searched."""
+    run_train(
+        tmp_path,
+        *TINY,
+        "hydra.sweeper.n_trials=4",
+        "trainer.max_epochs=1",
+        "model=choice(convnet0,convnet5)",
+        "loss.max_class_weight=interval(1.0,3.0)",
+    )
+    trials = study(tmp_path).trials
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 4
+    models = set()
+    for trial in trials:
+        saved = tmp_path / "logs/sweeps/tiny" / f"trial_{trial.number}/.hydra/overrides.yaml"
+        overrides = saved.read_text()
+        assert "loss.max_class_weight=" in overrides
+        assert 1.0 <= trial.params["loss.max_class_weight"] <= 3.0
+        has_dropout = "model.dropout=" in overrides
+        assert has_dropout == (trial.params["model"] == "convnet5")
+        models.add(trial.params["model"])
+    assert models == {"convnet0", "convnet5"}

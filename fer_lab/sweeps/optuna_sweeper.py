@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+_ABSENT = object()
 
 
 @dataclass
@@ -81,6 +82,7 @@ class OptunaStudySweeper(Sweeper):
         self.sampler = sampler
         self.pruner = pruner
         self.params = OmegaConf.to_container(params, resolve=True) if params else {}
+        self._warned: set[tuple[str, tuple[str, ...]]] = set()
 
     def setup(
         self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig
@@ -146,15 +148,50 @@ class OptunaStudySweeper(Sweeper):
         return study
 
     def _drop_absent_keys(self, space: dict[str, BaseDistribution]) -> dict[str, BaseDistribution]:
-        """Leave out keys the composed config lacks (convnet0 has no dropout), so one search
-        space serves every model; `+key` (add) and group keys are kept."""
+        """Leave out keys the composed config lacks, so one search space serves every model;
+        `+key` (add), group keys and keys whose value is null are kept. A key that only some
+        searched group choices lack is left out per trial (`_present_params`)."""
         kept = {}
+        searched_groups = [key for key in space if key in self.config.hydra.runtime.choices]
         for key, distribution in space.items():
-            if key.startswith(("+", "~")) or OmegaConf.select(self.config, key) is not None:
+            if (
+                key.startswith(("+", "~"))
+                or key in searched_groups
+                or self._has_key(self.config, key)
+                or key.split(".")[0] in searched_groups
+            ):
                 kept[key] = distribution
             else:
                 log.warning("%s is not in this config; left out of the search space", key)
         return kept
+
+    @staticmethod
+    def _has_key(config: DictConfig, key: str) -> bool:
+        return OmegaConf.select(config, key, default=_ABSENT) is not _ABSENT
+
+    def _present_params(self, trial: optuna.Trial, fixed: list[str]) -> dict[str, Any]:
+        """The trial's sampled values that its own config has: with `model=choice(a,b)`, a
+        `model.dropout` that model a lacks is left out of a's trials (one warning each)."""
+        choices = self.config.hydra.runtime.choices
+        groups = {key: value for key, value in trial.params.items() if key in choices}
+        if not groups:
+            return dict(trial.params)
+        group_overrides = [format_override(key, value) for key, value in groups.items()]
+        composed = self.hydra_context.config_loader.load_sweep_config(
+            self.config, [*fixed, *group_overrides]
+        )
+        present = {}
+        for key, value in trial.params.items():
+            if key in groups or key.startswith(("+", "~")) or self._has_key(composed, key):
+                present[key] = value
+            elif (key, tuple(group_overrides)) not in self._warned:
+                self._warned.add((key, tuple(group_overrides)))
+                log.warning(
+                    "%s is not in the config of %s: left out of those trials",
+                    key,
+                    " ".join(group_overrides),
+                )
+        return present
 
     def describe(self) -> dict[str, Any]:
         sweeper = self.config.hydra.sweeper
@@ -169,9 +206,9 @@ class OptunaStudySweeper(Sweeper):
             "pruner": sweeper.pruner and OmegaConf.to_container(sweeper.pruner, resolve=True),
         }
 
-    @staticmethod
-    def _overrides(trial: optuna.Trial, fixed: list[str], sweep_run: "SweepRun") -> list[str]:
-        sampled = [format_override(key, value) for key, value in trial.params.items()]
+    def _overrides(self, trial: optuna.Trial, fixed: list[str], sweep_run: "SweepRun") -> list[str]:
+        present = self._present_params(trial, fixed)
+        sampled = [format_override(key, value) for key, value in present.items()]
         parent = f",parent_run_id:'{sweep_run.run_id}'" if sweep_run.run_id else ""
         # The storage id (not the number) is what reopens the trial in the job's process.
         marker = f"++sweep={{trial_id:{trial._trial_id},trial_number:{trial.number}{parent}}}"

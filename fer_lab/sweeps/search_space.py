@@ -65,5 +65,7 @@ def parse_search_space(
 
 
 def format_override(key: str, value: Any) -> str:
-    """A sampled value as a Hydra override (floats in full precision)."""
+    """A sampled value as a Hydra override (floats in full precision, None as null)."""
+    if value is None:
+        return f"{key}=null"
     return f"{key}={value!r}" if isinstance(value, float) else f"{key}={value}"
