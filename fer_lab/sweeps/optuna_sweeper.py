@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from optuna.distributions import BaseDistribution
 from optuna.trial import TrialState
 
+from fer_lab.core.secrets import mask_secrets
 from fer_lab.sweeps.search_space import format_override, parse_search_space
 
 if TYPE_CHECKING:
@@ -114,7 +115,7 @@ class OptunaStudySweeper(Sweeper):
         log.info(
             "Study %r in %s: %d of %d trials finished",
             self.study_name,
-            self.storage,
+            mask_secrets(self.storage),
             done,
             self.n_trials,
         )
@@ -197,7 +198,7 @@ class OptunaStudySweeper(Sweeper):
         sweeper = self.config.hydra.sweeper
         return {
             "study_name": self.study_name,
-            "storage": self.storage,
+            "storage": mask_secrets(self.storage),
             "direction": self.direction,
             "n_trials": self.n_trials,
             "n_jobs": self.n_jobs,
@@ -251,7 +252,7 @@ class OptunaStudySweeper(Sweeper):
         config.experiment_tag = f"best of sweep {self.study_name}"
         config.defaults = ["_self_", {"hydra": "default"}]
         target = self.sweep_dir / "best.yaml"
-        OmegaConf.save(config, target)
+        target.write_text(mask_secrets(OmegaConf.to_yaml(config)))
         log.info(
             "Best trial %d (%s = %.4f). Train and test it once with:\n"
             "  python -m fer_lab.train --config-dir %s --config-name best",

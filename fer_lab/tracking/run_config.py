@@ -11,6 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import Logger
 from torch import nn
 
+from fer_lab.core.secrets import mask_secrets, masked
 from fer_lab.data.faces import BadItem
 from fer_lab.models import count_parameters
 from fer_lab.tracking.mlflow_logger import FERMLflowLogger
@@ -32,7 +33,8 @@ def flatten_config(cfg: DictConfig) -> dict[str, Any]:
                 walk(value, f"{path}/")
             else:
                 is_list = OmegaConf.is_config(value)
-                flat[path] = str(OmegaConf.to_container(value, resolve=True)) if is_list else value
+                value = str(OmegaConf.to_container(value, resolve=True)) if is_list else value
+                flat[path] = masked(value)
 
     walk(cfg, "")
     return flat
@@ -46,7 +48,7 @@ def log_run_config(logger: Logger, cfg: DictConfig, net: nn.Module) -> None:
     )
     path = Path(cfg.paths.output_dir) / "artifacts" / "config.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    path.write_text(mask_secrets(OmegaConf.to_yaml(cfg, resolve=True)))
     if isinstance(logger, FERMLflowLogger):
         logger.upload_artifact(path)
 

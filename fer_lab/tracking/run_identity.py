@@ -9,6 +9,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 import fer_lab
+from fer_lab.core.secrets import mask_secrets
 from fer_lab.tracking.protocol import protocol_tags
 from fer_lab.tracking.provenance import describe_hardware, git_commit
 
@@ -35,13 +36,14 @@ def run_identity(cfg: DictConfig) -> tuple[str, dict[str, str]]:
     words = [cfg.names.model]
     if sweep.get("trial_number") is not None:
         words.append(f"trial {sweep.trial_number}")
-    words += [o for o in hydra_cfg.overrides.task if not _is_bookkeeping(o.split("=", 1)[0])]
+    overrides = [mask_secrets(o) for o in hydra_cfg.overrides.task]
+    words += [o for o in overrides if not _is_bookkeeping(o.split("=", 1)[0])]
     tags = {
         "dataset": str(cfg.names.dataset),
         "model": str(cfg.names.model),
         "mlflow.source.git.commit": git_commit(),
         "fer_lab_version": fer_lab.__version__,
-        "hydra_overrides": " ".join(hydra_cfg.overrides.task) or "(none)",
+        "hydra_overrides": " ".join(overrides) or "(none)",
         "output_dir": hydra_cfg.runtime.output_dir,
         "hardware": describe_hardware(),
     }

@@ -14,6 +14,7 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from fer_lab.core.config_checks import check_classes
 from fer_lab.core.errors import FERLabError
+from fer_lab.core.secrets import masked
 from fer_lab.data import FERDataModule
 from fer_lab.models.base import check_forward
 from fer_lab.sweeps.pruning import OptunaPruning
@@ -64,7 +65,7 @@ def build_job(
         optimizer=instantiate(cfg.optimizer),
         scheduler=instantiate(cfg.scheduler),
         class_names=datamodule.classes,
-        config=OmegaConf.to_container(cfg, resolve=True),
+        config=masked(OmegaConf.to_container(cfg, resolve=True)),  # travels with every .ckpt
         channels_last=bool(speed.get("channels_last", False)),
         compile=bool(speed.get("compile", False)),
     )
