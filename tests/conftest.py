@@ -76,3 +76,19 @@ def trained_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     (best,) = (folder / "run" / "checkpoints").glob("epoch*.ckpt")
     return best
+
+
+@pytest.fixture(scope="session")
+def postgres_port() -> int:
+    """The machine's PostgreSQL cluster, running (tests/postgres.py)."""
+    from .postgres import start_cluster
+
+    return start_cluster()
+
+
+@pytest.fixture
+def postgres_url(postgres_port: int) -> str:
+    """A fresh, empty PostgreSQL database for one test."""
+    from .postgres import fresh_database
+
+    return fresh_database(postgres_port)

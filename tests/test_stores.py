@@ -26,7 +26,7 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException, RestException
 
 from fer_lab.core.errors import TrackingError
-from fer_lab.sweeps.storage import sqlite_study_storage
+from fer_lab.sweeps.storage import open_storage
 from fer_lab.tracking.mlflow_store import (
     is_connectivity_error,
     prepare_tracking_store,
@@ -135,7 +135,7 @@ def _optuna_writer(url: str, index: int, barrier, results) -> None:
     try:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         barrier.wait(timeout=120)
-        storage = sqlite_study_storage(url)
+        storage = open_storage(url)
         study = optuna.create_study(study_name="race", storage=storage, load_if_exists=True)
         for _ in range(10):
             trial = study.ask()
@@ -176,8 +176,6 @@ def test_concurrent_mlflow_writers_on_a_fresh_sqlite_store(tmp_path: Path) -> No
 
 
 def test_concurrent_optuna_trials_on_a_fresh_sqlite_storage(tmp_path: Path) -> None:
-    from fer_lab.sweeps.storage import open_storage
-
     url = f"sqlite:///{tmp_path / 'optuna.db'}"
     run_writers(_optuna_writer, url)
     trials = optuna.load_study(study_name="race", storage=open_storage(url)).trials
@@ -189,11 +187,9 @@ def test_concurrent_optuna_trials_on_a_fresh_sqlite_storage(tmp_path: Path) -> N
 def test_open_storage_by_kind(tmp_path: Path) -> None:
     from optuna.storages import JournalStorage, RDBStorage
 
-    from fer_lab.sweeps.storage import open_storage
-
-    assert isinstance(open_storage(f"sqlite:///{tmp_path / 'optuna.db'}"), RDBStorage)
+    sqlite = open_storage(f"sqlite:///{tmp_path / 'optuna.db'}", heartbeat_interval=5)
+    assert isinstance(sqlite, RDBStorage) and sqlite.get_heartbeat_interval() == 5
     assert isinstance(open_storage(str(tmp_path / "optuna.journal")), JournalStorage)
-    assert open_storage("postgresql://db/optuna") == "postgresql://db/optuna"
 
 
 # --- B. a server dropping mid-run -----------------------------------------------------------

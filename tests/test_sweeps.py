@@ -113,6 +113,7 @@ def test_a_failing_trial_does_not_stop_the_sweep(tmp_path: Path) -> None:
         "hydra.sweeper.n_trials=4",
         "hydra.sweeper.sampler._target_=optuna.samplers.RandomSampler",
         "~hydra.sweeper.sampler.n_startup_trials",
+        "~hydra.sweeper.sampler.constant_liar",
         "optimizer.lr=0.001",
         "data.batch_size=choice(16,0)",
     )

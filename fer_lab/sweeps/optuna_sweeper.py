@@ -42,7 +42,8 @@ class OptunaSweeperConf:
     # A journal file path (default, safe for parallel writers) or an RDB URL.
     storage: str = "optuna.journal"
     direction: str = "maximize"
-    # Finished trials the study should hold; re-running the command resumes up to it.
+    # Trials the study should hold in all, across every worker on it (finished or running);
+    # re-running the command resumes up to it.
     n_trials: int = 20
     # Trials asked for and launched together (run in parallel by e.g. hydra/launcher=joblib).
     n_jobs: int = 1
@@ -51,6 +52,10 @@ class OptunaSweeperConf:
     sampler: Any = field(default_factory=lambda: {"_target_": "optuna.samplers.TPESampler"})
     pruner: Any = None
     params: dict[str, str] = field(default_factory=dict)
+    # Database storages: a running trial records a heartbeat this often (s); one whose
+    # heartbeat is grace_period s old (its worker died) is failed when a worker next asks.
+    heartbeat_interval: int = 60
+    grace_period: int = 180
 
 
 ConfigStore.instance().store(
@@ -72,6 +77,8 @@ class OptunaStudySweeper(Sweeper):
         sampler: optuna.samplers.BaseSampler,
         pruner: optuna.pruners.BasePruner | None,
         params: DictConfig,
+        heartbeat_interval: int = 60,
+        grace_period: int = 180,
     ) -> None:
         # Hydra instantiates `sampler` and `pruner` from their `_target_` before we get them.
         self.study_name = study_name
@@ -83,6 +90,7 @@ class OptunaStudySweeper(Sweeper):
         self.sampler = sampler
         self.pruner = pruner
         self.params = OmegaConf.to_container(params, resolve=True) if params else {}
+        self.heartbeat = {"heartbeat_interval": heartbeat_interval, "grace_period": grace_period}
         self._warned: set[tuple[str, tuple[str, ...]]] = set()
 
     def setup(
@@ -99,30 +107,23 @@ class OptunaStudySweeper(Sweeper):
         # Imported here so registering the plugin (on every `python -m fer_lab.train`) stays
         # light: these pull in MLflow and Lightning.
         from fer_lab.sweeps.parent_runs import SweepRun
-        from fer_lab.sweeps.storage import open_storage
+        from fer_lab.sweeps.storage import open_storage, study_lock
 
         space, fixed = parse_search_space(self.params, arguments)
         space = self._drop_absent_keys(space)
+        storage = open_storage(self.storage, **self.heartbeat)
         study = optuna.create_study(
             study_name=self.study_name,
-            storage=open_storage(self.storage),
+            storage=storage,
             sampler=self.sampler,
             pruner=self.pruner or optuna.pruners.NopPruner(),  # Optuna's default is a median rule
             direction=self.direction,
             load_if_exists=True,
         )
-        done = sum(t.state in FINISHED for t in study.get_trials(deepcopy=False))
-        log.info(
-            "Study %r in %s: %d of %d trials finished",
-            self.study_name,
-            mask_secrets(self.storage),
-            done,
-            self.n_trials,
-        )
-        sweep_run = SweepRun.start(self.config, self.study_name, space, self.describe())
+        with study_lock(self.storage, self.study_name):  # one parent run for all workers
+            sweep_run = SweepRun.start(self.config, self.study_name, space, self.describe())
         failures = 0
-        while done < self.n_trials:
-            batch = [study.ask(space) for _ in range(min(self.n_jobs, self.n_trials - done))]
+        while batch := self._ask(study, storage, space):
             overrides = [self._overrides(trial, fixed, sweep_run) for trial in batch]
             self.sweep_dir.mkdir(parents=True, exist_ok=True)
             try:
@@ -137,7 +138,6 @@ class OptunaStudySweeper(Sweeper):
                 state = self._tell(study, trial, result)
                 sweep_run.mark_trial(trial.number, state)
                 failures += state == TrialState.FAIL
-            done += len(batch)
             if failures > self.max_failures:
                 sweep_run.finish(study, best_yaml=None, failed=True)
                 raise RuntimeError(
@@ -147,6 +147,42 @@ class OptunaStudySweeper(Sweeper):
         best_yaml = self._write_best(study)
         sweep_run.finish(study, best_yaml=best_yaml)
         return study
+
+    def _ask(
+        self, study: optuna.Study, storage: Any, space: dict[str, BaseDistribution]
+    ) -> list[optuna.Trial]:
+        """The next batch of up to `n_jobs` trials, or [] when the study's total is reached.
+
+        Counted and asked under the study's lock, against the storage, so workers in other
+        processes or on other machines add up to exactly `n_trials`. Trials whose worker
+        died (stale heartbeat) are failed first; they count towards the total."""
+        from fer_lab.sweeps.storage import has_heartbeat, study_lock
+
+        with study_lock(self.storage, self.study_name):
+            if has_heartbeat(storage):
+                running = {t.number for t in study.get_trials(states=(TrialState.RUNNING,))}
+                optuna.storages.fail_stale_trials(study)
+                for trial in study.get_trials(states=(TrialState.FAIL,)):
+                    if trial.number in running:
+                        log.warning("Trial %d lost its worker (no heartbeat): FAIL", trial.number)
+            trials = study.get_trials(deepcopy=False)
+            finished = sum(t.state in FINISHED for t in trials)
+            running = len(trials) - finished
+            free = min(self.n_jobs, self.n_trials - len(trials))
+            log.info(
+                "Study %r in %s: %d of %d trials finished, %d running%s",
+                self.study_name,
+                mask_secrets(self.storage),
+                finished,
+                self.n_trials,
+                running,
+                "" if free > 0 else "; nothing left to ask",
+            )
+            batch = [study.ask(space) for _ in range(max(free, 0))]
+            if has_heartbeat(storage):  # alive from the start, before its job beats itself
+                for trial in batch:
+                    storage.record_heartbeat(trial._trial_id)
+            return batch
 
     def _drop_absent_keys(self, space: dict[str, BaseDistribution]) -> dict[str, BaseDistribution]:
         """Leave out keys the composed config lacks, so one search space serves every model;
@@ -234,23 +270,26 @@ class OptunaStudySweeper(Sweeper):
         return TrialState.FAIL
 
     def _write_best(self, study: optuna.Study) -> Path | None:
-        """`best.yaml`: the best trial's full config with the test split switched back on."""
+        """`best.yaml`: the best trial's full config, from the study (every trial records the
+        config it ran), with the test split switched back on; any worker can write it."""
+        from fer_lab.sweeps.pruning import CONFIG_ATTR
+
         try:
             best = study.best_trial
         except ValueError:
             return None
-        saved = self.sweep_dir / f"trial_{best.number}" / ".hydra"
-        if not (saved / "config.yaml").is_file():
-            log.warning("Best trial %d ran elsewhere (no %s); no best.yaml", best.number, saved)
+        recorded = best.user_attrs.get(CONFIG_ATTR)
+        if recorded is None:
+            log.warning("Best trial %d recorded no config; no best.yaml", best.number)
             return None
-        config = OmegaConf.load(saved / "config.yaml")
-        choices = OmegaConf.load(saved / "hydra.yaml").hydra.runtime.choices
+        config = OmegaConf.create(recorded["yaml"])
         # Outside this sweep there are no config-group choices to interpolate from.
-        config.names = {"model": choices.model, "dataset": choices.dataset}
+        config.names = {"model": recorded["model"], "dataset": recorded["dataset"]}
         config.test = True
         config.sweep = None
         config.experiment_tag = f"best of sweep {self.study_name}"
         config.defaults = ["_self_", {"hydra": "default"}]
+        self.sweep_dir.mkdir(parents=True, exist_ok=True)
         target = self.sweep_dir / "best.yaml"
         target.write_text(mask_secrets(OmegaConf.to_yaml(config)))
         log.info(

@@ -1,16 +1,23 @@
-"""The trial side of an Optuna sweep: per-epoch pruning.
+"""The trial side of an Optuna sweep: per-epoch pruning, the trial's heartbeat, and the
+config it ran (kept in the study, so any worker can write `best.yaml`).
 
 The sweeper (optuna_sweeper.py) asks Optuna for a trial and passes its id to the
 training job as `sweep.trial_id`; the job reopens the study from the shared storage, so
 pruning works whether trials run in-process or in other processes (joblib, other machines).
 """
 
+import threading
+
 import optuna
 import pytorch_lightning as pl
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
 
-from fer_lab.sweeps.storage import open_storage
+from fer_lab.core.secrets import masked
+from fer_lab.sweeps.storage import has_heartbeat, open_storage
+
+CONFIG_ATTR = "fer_lab.config"  # the trial's config as YAML, with its group choices
 
 
 class OptunaPruning(pl.Callback):
@@ -21,19 +28,39 @@ class OptunaPruning(pl.Callback):
         self.trial = trial
         self.monitor = monitor
         self.pruned_at: int | None = None
+        self._stop_beating = threading.Event()
 
     @classmethod
-    def for_current_job(cls, trial_id: int, monitor: str) -> "OptunaPruning":
-        """Rebuild the trial from the sweeper settings that travel with the job's config."""
-        sweeper = HydraConfig.get().sweeper
+    def for_current_job(cls, cfg: DictConfig) -> "OptunaPruning":
+        """Rebuild the trial from the sweeper settings that travel with the job's config, and
+        record in it the config this trial runs."""
+        hydra = HydraConfig.get()
+        sweeper = hydra.sweeper
         # pruner=null means no pruning; Optuna would otherwise fall back to a median rule.
         pruner = (
             instantiate(sweeper.pruner) if sweeper.get("pruner") else optuna.pruners.NopPruner()
         )
-        study = optuna.load_study(
-            study_name=sweeper.study_name, storage=open_storage(sweeper.storage), pruner=pruner
-        )
-        return cls(optuna.trial.Trial(study, trial_id), monitor)
+        heartbeat = {key: sweeper.get(key) for key in ("heartbeat_interval", "grace_period")}
+        storage = open_storage(sweeper.storage, **heartbeat)
+        study = optuna.load_study(study_name=sweeper.study_name, storage=storage, pruner=pruner)
+        trial = optuna.trial.Trial(study, cfg.sweep.trial_id)
+        choices = hydra.runtime.choices
+        config = {"model": choices.model, "dataset": choices.dataset}
+        trial.set_user_attr(CONFIG_ATTR, masked({**config, "yaml": OmegaConf.to_yaml(cfg)}))
+        return cls(trial, cfg.optimized_metric)
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if has_heartbeat(self.trial.study._storage):
+            threading.Thread(target=self._beat, daemon=True).start()
+
+    def _beat(self) -> None:
+        """The trial's heartbeat while it trains; a killed worker stops beating."""
+        storage = self.trial.study._storage
+        while not self._stop_beating.wait(storage.get_heartbeat_interval()):
+            storage.record_heartbeat(self.trial._trial_id)
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._stop_beating.set()
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking or self.monitor not in trainer.callback_metrics:

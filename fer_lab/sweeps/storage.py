@@ -1,34 +1,112 @@
 """Where an Optuna study lives, shared by the sweeper and its trials (in this process, in
-launcher workers, or on other machines): a journal file or a database URL."""
+launcher workers, or on other machines): a journal file or a database URL; and the lock its
+workers take turns under to count its trials and ask for new ones."""
 
+import contextlib
+import hashlib
+import logging
+import random
+import tempfile
+import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from urllib.parse import urlparse
 
-from optuna.storages import BaseStorage, JournalStorage
+from filelock import FileLock
+from optuna.storages import BaseStorage, JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend
 
-from fer_lab.tracking.sqlite_files import SQLITE_TIMEOUT_S, is_sqlite_url, prepared_sqlite
+from fer_lab.tracking.sqlite_files import (
+    SQLITE_TIMEOUT_S,
+    is_sqlite_url,
+    prepared_sqlite,
+    sqlite_path,
+)
 
-if TYPE_CHECKING:
-    import optuna
+log = logging.getLogger(__name__)
+# Workers racing to create Optuna's tables on an empty database: the losers try again.
+SCHEMA_ATTEMPTS = 5
 
 
-def open_storage(spec: str) -> str | BaseStorage:
-    """A journal file path, or an RDB URL (postgresql://, ...) as is. Optuna locks a journal
-    per write; a sqlite:// file is created under a lock, in WAL mode, and its connections
-    wait for the write lock, so parallel trials never see "database is locked"."""
+def open_storage(
+    spec: str, heartbeat_interval: int | None = None, grace_period: int | None = None
+) -> BaseStorage:
+    """A journal file path or a database URL (sqlite://, postgresql://user:pw@host/db, ...).
+
+    Optuna locks a journal per write; a sqlite:// file is created under a lock, in WAL mode,
+    and its connections wait for the write lock. Databases record each running trial's
+    heartbeat every `heartbeat_interval` s, so a trial whose worker died is failed once its
+    heartbeat is `grace_period` s old (journal files have no heartbeats)."""
+    heartbeat = {"heartbeat_interval": heartbeat_interval, "grace_period": grace_period}
     if is_sqlite_url(spec):
-        return sqlite_study_storage(spec)
+        with prepared_sqlite(spec):
+            connect = {"connect_args": {"timeout": SQLITE_TIMEOUT_S}}
+            return RDBStorage(spec, engine_kwargs=connect, **heartbeat)
     if "://" in spec:
-        return spec
+        return database_storage(spec, **heartbeat)
     path = Path(spec).expanduser()
     path.parent.mkdir(parents=True, exist_ok=True)
     return JournalStorage(JournalFileBackend(str(path)))
 
 
-def sqlite_study_storage(url: str) -> "optuna.storages.RDBStorage":
-    """Optuna's storage for a SQLite file; its table creation races on a fresh file too."""
-    from optuna.storages import RDBStorage
+def database_storage(url: str, **heartbeat: int | None) -> RDBStorage:
+    """Optuna's storage on a database server. Two workers started together on an empty
+    database both create Optuna's tables, and one fails (`alembic_version` already exists);
+    it waits a moment and opens the tables the other made."""
+    from sqlalchemy.exc import DBAPIError
 
-    with prepared_sqlite(url):
-        return RDBStorage(url, engine_kwargs={"connect_args": {"timeout": SQLITE_TIMEOUT_S}})
+    for attempt in range(1, SCHEMA_ATTEMPTS + 1):
+        try:
+            return RDBStorage(url, **heartbeat)
+        except DBAPIError as error:
+            if attempt == SCHEMA_ATTEMPTS:
+                raise
+            log.info("Optuna storage not ready (%s); trying again", type(error.orig).__name__)
+            time.sleep(0.5 + random.random())
+    raise AssertionError("unreachable")
+
+
+def has_heartbeat(storage: BaseStorage) -> bool:
+    return isinstance(storage, RDBStorage) and storage.get_heartbeat_interval() is not None
+
+
+@contextlib.contextmanager
+def study_lock(spec: str, study_name: str) -> Iterator[None]:
+    """Held while a worker counts the study's trials and asks for new ones, so that workers
+    in several processes, or on several machines sharing a database, never ask for more
+    than `n_trials` between them.
+
+    A journal file: a lock file beside it (its filesystem must support locks). SQLite: a
+    lock file in this machine's temp folder. PostgreSQL: an advisory lock in the database.
+    Other databases: no lock (a warning), so simultaneous asks may overshoot by a trial.
+    """
+    key = hashlib.sha1(f"{spec}|{study_name}".encode()).hexdigest()[:16]
+    scheme = urlparse(spec).scheme.split("+")[0] if "://" in spec else ""
+    if not scheme:
+        path = Path(spec).expanduser()
+        with FileLock(path.with_name(f"{path.name}.{key}.lock")):
+            yield
+    elif is_sqlite_url(spec):
+        where = sqlite_path(spec) or Path("memory")
+        with FileLock(Path(tempfile.gettempdir()) / f"fer_lab-study-{key}-{where.name}.lock"):
+            yield
+    elif scheme in ("postgresql", "postgres"):
+        yield from _postgres_advisory_lock(spec, int(key, 16) - 2**63)
+    else:
+        log.warning("No study lock for %s databases: workers may overshoot n_trials", scheme)
+        yield
+
+
+def _postgres_advisory_lock(url: str, key: int) -> Iterator[None]:
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(url)
+    try:
+        with engine.connect() as connection:
+            connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": key})
+            try:
+                yield
+            finally:
+                connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": key})
+    finally:
+        engine.dispose()

@@ -72,7 +72,7 @@ def build_job(
     logger = build_logger(cfg, run_id=run_id)
     callbacks = [instantiate(callback) for callback in cfg.callbacks.values()]
     if cfg.get("sweep") and cfg.sweep.get("trial_id") is not None:
-        callbacks.append(OptunaPruning.for_current_job(cfg.sweep.trial_id, cfg.optimized_metric))
+        callbacks.append(OptunaPruning.for_current_job(cfg))
     trainer = instantiate(
         cfg.trainer,
         logger=logger,

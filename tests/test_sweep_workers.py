@@ -1,0 +1,90 @@
+"""One study, several workers: processes started at the same moment against one storage
+(a journal file, a fresh PostgreSQL database) add up to exactly `n_trials`, share one MLflow
+parent run, and a worker killed mid-trial leaves no trial RUNNING."""
+
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from fer_lab.sweeps.storage import open_storage
+
+from .helpers import REPO_ROOT
+from .test_resume import fault
+from .test_sweeps import TINY, sweep_runs
+
+pytestmark = pytest.mark.slow
+
+
+def start_worker(tmp_path: Path, storage: str, *overrides: str) -> subprocess.Popen:
+    """`python -m fer_lab.train -m hparams_search=optuna ...` in `tmp_path`, the storage
+    given through FER_LAB_OPTUNA_STORAGE (as a password should be)."""
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
+        "PYTHONPATH": str(REPO_ROOT),
+        "FER_LAB_OPTUNA_STORAGE": storage,
+    }
+    command = [sys.executable, "-m", "fer_lab.train", *TINY, "trainer.max_epochs=1", *overrides]
+    return subprocess.Popen(
+        command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+
+
+def finish(worker: subprocess.Popen) -> str:
+    output, _ = worker.communicate(timeout=600)
+    assert worker.returncode == 0, output[-5000:]
+    return output
+
+
+def states(storage: str) -> list[TrialState]:
+    trials = optuna.load_study(study_name="tiny", storage=open_storage(storage)).trials
+    return [t.state for t in sorted(trials, key=lambda t: t.number)]
+
+
+@pytest.mark.parametrize("backend", ["journal", "postgresql"])
+def test_workers_started_together_share_one_study(
+    tmp_path: Path, request: pytest.FixtureRequest, mlflow_client, backend: str
+) -> None:
+    storage = (
+        str(tmp_path / "optuna.journal")
+        if backend == "journal"
+        else request.getfixturevalue("postgres_url")
+    )
+    workers = [start_worker(tmp_path, storage, "hydra.sweeper.n_trials=4") for _ in range(2)]
+    outputs = [finish(worker) for worker in workers]
+    assert states(storage) == [TrialState.COMPLETE] * 4
+    told = [re.findall(r"Trial (\d+): val/acc_best", output) for output in outputs]
+    assert sorted(int(n) for numbers in told for n in numbers) == [0, 1, 2, 3]  # each once
+    parents, children = sweep_runs(mlflow_client())
+    (parent,) = parents
+    assert len(children) == 4
+    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parent.info.run_id}
+    assert (tmp_path / "logs/sweeps/tiny/best.yaml").is_file()
+    if backend == "postgresql":
+        password = storage.split(":")[2].split("@")[0]
+        assert all(password not in output for output in outputs)
+        assert parent.data.params["sweep/storage"].count("***") == 1
+
+
+def test_a_killed_worker_leaves_no_running_trial(tmp_path: Path, postgres_url: str) -> None:
+    heartbeat = ["hydra.sweeper.heartbeat_interval=1", "hydra.sweeper.grace_period=3"]
+    killed = start_worker(
+        tmp_path,
+        postgres_url,
+        "hydra.sweeper.n_trials=3",
+        *heartbeat,
+        *fault("SendSignal", tmp_path, name="KILL", epoch=0, batch=1),
+    )
+    killed.communicate(timeout=600)
+    assert killed.returncode == -9
+    assert states(postgres_url) == [TrialState.RUNNING]
+    time.sleep(4)  # past the grace period: the dead trial's heartbeat is stale
+    finish(start_worker(tmp_path, postgres_url, "hydra.sweeper.n_trials=3", *heartbeat))
+    assert states(postgres_url) == [TrialState.FAIL, TrialState.COMPLETE, TrialState.COMPLETE]
