@@ -2,15 +2,19 @@
 (a journal file, a fresh PostgreSQL database) add up to exactly `n_trials`, share one MLflow
 parent run, and a worker killed mid-trial leaves no trial RUNNING."""
 
+import contextlib
 import os
 import re
+import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import optuna
 import pytest
+import requests
 from optuna.trial import TrialState
 
 from fer_lab.sweeps.storage import open_storage
@@ -22,12 +26,14 @@ from .test_sweeps import TINY, sweep_runs
 pytestmark = pytest.mark.slow
 
 
-def start_worker(tmp_path: Path, storage: str, *overrides: str) -> subprocess.Popen:
+def start_worker(
+    tmp_path: Path, storage: str, *overrides: str, tracking_uri: str | None = None
+) -> subprocess.Popen:
     """`python -m fer_lab.train -m hparams_search=optuna ...` in `tmp_path`, the storage
     given through FER_LAB_OPTUNA_STORAGE (as a password should be)."""
     env = {
         **os.environ,
-        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
+        "MLFLOW_TRACKING_URI": tracking_uri or f"sqlite:///{tmp_path / 'mlflow.db'}",
         "PYTHONPATH": str(REPO_ROOT),
         "FER_LAB_OPTUNA_STORAGE": storage,
     }
@@ -88,3 +94,70 @@ def test_a_killed_worker_leaves_no_running_trial(tmp_path: Path, postgres_url: s
     time.sleep(4)  # past the grace period: the dead trial's heartbeat is stale
     finish(start_worker(tmp_path, postgres_url, "hydra.sweeper.n_trials=3", *heartbeat))
     assert states(postgres_url) == [TrialState.FAIL, TrialState.COMPLETE, TrialState.COMPLETE]
+
+
+@pytest.fixture
+def mlflow_server(tmp_path: Path, postgres_port: int) -> Iterator[str]:
+    """`mlflow server` on a fresh PostgreSQL database, proxying artifacts to a folder the
+    workers never touch; its http:// URL."""
+    from .postgres import fresh_database
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    command = [
+        str(Path(sys.executable).with_name("mlflow")),
+        "server",
+        *("--backend-store-uri", fresh_database(postgres_port)),
+        *("--artifacts-destination", (tmp_path / "server_artifacts").as_uri()),
+        *("--host", "127.0.0.1", "--port", str(port), "--workers", "1"),
+    ]
+    log = (tmp_path / "mlflow_server.log").open("w")
+    server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(240):
+            with contextlib.suppress(requests.RequestException):
+                if requests.get(f"{url}/health", timeout=1).ok:
+                    break
+            assert server.poll() is None, (tmp_path / "mlflow_server.log").read_text()[-3000:]
+            time.sleep(0.5)
+        yield url
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        log.close()
+
+
+def test_workers_on_other_machines_share_postgresql_and_an_mlflow_server(
+    tmp_path: Path, postgres_url: str, mlflow_server: str
+) -> None:
+    """The multi-machine setup: the study in PostgreSQL, runs and artifacts through an MLflow
+    server (no shared disk needed); each worker in its own folder, as on its own machine."""
+    from mlflow import MlflowClient
+
+    folders = [tmp_path / "machine_a", tmp_path / "machine_b"]
+    workers = []
+    for folder in folders:
+        folder.mkdir()
+        worker = start_worker(
+            folder, postgres_url, "hydra.sweeper.n_trials=6", tracking_uri=mlflow_server
+        )
+        workers.append(worker)
+    for worker in workers:
+        finish(worker)
+    assert states(postgres_url) == [TrialState.COMPLETE] * 6
+    client = MlflowClient(mlflow_server)
+    parents, children = sweep_runs(client)
+    (parent,) = parents
+    assert len(children) == 6
+    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parent.info.run_id}
+    downloaded = Path(
+        client.download_artifacts(
+            children[0].info.run_id,
+            "confusion_matrices/confusion_matrix_val_best.csv",
+            str(tmp_path / "fetched"),
+        )
+    )
+    assert downloaded.read_text().startswith("true\\predicted,")
+    assert children[0].info.artifact_uri.startswith("mlflow-artifacts:")  # proxied by the server
