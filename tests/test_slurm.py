@@ -1,0 +1,46 @@
+"""Trials as SLURM jobs: `hydra/launcher=submitit_slurm` against a one-node SLURM cluster
+that the test starts (tests/slurm_cluster.sh; Debian's slurm-wlm and munge)."""
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from optuna.trial import TrialState
+
+from .helpers import run_train
+from .test_sweeps import TINY, study, sweep_runs
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster() -> None:
+    if shutil.which("slurmctld") is None:
+        pytest.skip("SLURM is not installed (apt-get install slurm-wlm munge; .ci/run does)")
+    script = Path(__file__).with_name("slurm_cluster.sh")
+    done = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+@pytest.mark.slow
+def test_sweep_trials_run_as_slurm_jobs(slurm_cluster: None, tmp_path: Path, mlflow_client) -> None:
+    run_train(
+        tmp_path,
+        *TINY,
+        "trainer.max_epochs=1",
+        "hydra.sweeper.n_trials=4",
+        "hydra.sweeper.n_jobs=2",
+        "hydra/launcher=submitit_slurm",
+        "hydra.launcher.partition=debug",
+        "hydra.launcher.timeout_min=10",
+        "hydra.launcher.cpus_per_task=1",
+    )
+    assert [t.state for t in study(tmp_path).trials] == [TrialState.COMPLETE] * 4
+    # submitit keeps one folder per SLURM array task: <job id>_<task>
+    folders = (tmp_path / "logs/sweeps/tiny/.submitit").iterdir()
+    tasks = [folder for folder in folders if folder.is_dir() and "_" in folder.name]
+    assert len(tasks) == 4
+    assert all(list(task.glob("*_result.pkl")) for task in tasks)  # each ran to its end
+    parents, children = sweep_runs(mlflow_client())
+    (parent,) = parents
+    assert len(children) == 4
+    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parent.info.run_id}
