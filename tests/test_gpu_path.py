@@ -267,6 +267,7 @@ def test_gpu_check_dry_run_on_the_cpu(tmp_path: Path) -> None:
     pipelines = {(row["pipeline"], row["augmentation"]) for row in report["bench"]["pipelines"]}
     assert pipelines == {(p, a) for p in ("per_sample", "on_device") for a in ("none", "strong")}
     (sweep,) = report["sweep"]
-    assert sweep["concurrent"] == 2 and sweep["trials_per_hour"] > 0
+    assert sweep["schedule"] == "workers" and sweep["concurrent"] == 2
+    assert sweep["trials"] == 4 and sweep["trials_per_hour"] > 0
     assert report["predict"]["photos"] == 6 and report["visualize"]["pngs"] > 1
     assert "| sweep | 0 |" in (tmp_path / "gpu_check.md").read_text()

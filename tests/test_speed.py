@@ -207,8 +207,11 @@ def test_bench_runs_and_reports_every_field(tmp_path: Path) -> None:
         row["plain_images_per_s"] / row["fer_lab_images_per_s"]
     )
     assert "plain/fer_lab" in stdout and "| convnet0 |" in stdout and "lockstep" in stdout
-    (sweep,) = result["sweep"]  # two trials side by side, pruning off (hydra.sweeper.pruner=null)
-    assert sweep["concurrent"] == sweep["trials"] == 2 and sweep["trials_per_hour"] > 0
+    # Both schedules, 2 at a time, 4 trials each, pruning off (hydra.sweeper.pruner=null).
+    assert [row["schedule"] for row in result["sweep"]] == ["batches", "workers"]
+    for sweep in result["sweep"]:
+        assert sweep["concurrent"] == 2 and sweep["trials"] == 4
+        assert sweep["trials_per_hour"] > 0
 
 
 @pytest.mark.slow

@@ -161,3 +161,25 @@ def test_workers_on_other_machines_share_postgresql_and_an_mlflow_server(
     )
     assert downloaded.read_text().startswith("true\\predicted,")
     assert children[0].info.artifact_uri.startswith("mlflow-artifacts:")  # proxied by the server
+
+
+def test_one_command_runs_several_workers_without_batches(tmp_path: Path) -> None:
+    """`hydra.sweeper.workers=2`: the command and one more process each train one trial at a
+    time and ask for the next when it ends; together exactly n_trials, overlapping."""
+    worker = start_worker(
+        tmp_path,
+        str(tmp_path / "optuna.journal"),
+        "hydra.sweeper.workers=2",
+        "hydra.sweeper.n_trials=4",
+        "model=nouri",  # trials of a few seconds, so start-up skew cannot hide the overlap
+        "dataset.train_per_class=100",
+    )
+    output = finish(worker)
+    trials = optuna.load_study(
+        study_name="tiny", storage=open_storage(str(tmp_path / "optuna.journal"))
+    ).trials
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 4
+    told = re.findall(r"Trial (\d+): val/acc_best", output)
+    assert sorted(map(int, told)) == [0, 1, 2, 3]
+    first, second = sorted(trials, key=lambda t: t.datetime_start)[:2]
+    assert second.datetime_start < first.datetime_complete

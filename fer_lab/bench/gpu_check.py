@@ -206,6 +206,7 @@ def main(argv: list[str] | None = None) -> int:
         sweep_json = out / "sweep.json"
         sweep = ["fer_lab.bench", *overrides, "--device", args.device, "--json", str(sweep_json)]
         sweep += ["--sweep", str(args.sweep_trials), "--sweep-epochs", str(args.sweep_epochs)]
+        sweep += ["--sweep-schedules", "workers"]
         sweep += ["--workdir", workdir, "--sections"]
         if run_step("sweep", sweep, report, out):
             report["sweep"] = json.loads(sweep_json.read_text())["sweep"]

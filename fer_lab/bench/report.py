@@ -35,11 +35,13 @@ def report(result: dict[str, Any]) -> str:
             )
         lines.append(memory_note(timing, result["device"]))
     if result.get("sweep"):
-        lines.append("\n| trials at once | trials | wall s | trials/hour |\n|---|---|---|---|")
+        lines.append(
+            "\n| schedule | trials at once | trials | wall s | trials/hour |\n|---|---|---|---|---|"
+        )
         for row in result["sweep"]:
             lines.append(
-                f"| {row['concurrent']} | {row['trials']} | {row['wall_s']:.0f} | "
-                f"{row['trials_per_hour']:.1f} |"
+                f"| {row['schedule']} | {row['concurrent']} | {row['trials']} | "
+                f"{row['wall_s']:.0f} | {row['trials_per_hour']:.1f} |"
             )
     return "\n".join(lines)
 
@@ -107,8 +109,9 @@ def gpu_check_summary(report: dict[str, Any], experiment: str) -> str:
         ]
     for row in report.get("sweep", []):
         lines.append(
-            f"\nSweep: {row['concurrent']} trials of {row['model']} ({row['epochs']} epochs) "
-            f"at once: {row['trials_per_hour']:.1f} trials/hour."
+            f"\nSweep ({row['schedule']}): {row['trials']} trials of {row['model']} "
+            f"({row['epochs']} epochs), {row['concurrent']} at once: "
+            f"{row['trials_per_hour']:.1f} trials/hour."
         )
     for name in ("predict", "visualize"):
         if name in report:

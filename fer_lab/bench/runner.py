@@ -31,7 +31,7 @@ from omegaconf import open_dict
 
 from fer_lab.bench.overhead import compare_training, compare_training_free
 from fer_lab.bench.report import report
-from fer_lab.bench.sweep_rate import trials_per_hour
+from fer_lab.bench.sweep_rate import SCHEDULES, trials_per_hour
 from fer_lab.bench.throughput import bench_config, pipeline_throughput, timed
 from fer_lab.tracking.provenance import describe_hardware
 
@@ -73,6 +73,9 @@ def arguments(argv: list[str] | None = None) -> argparse.Namespace:
         default=[],
         metavar="TRIALS_AT_ONCE",
         help="trials per hour of an Optuna sweep with this many trials at once, e.g. 1 2 4",
+    )
+    parser.add_argument(
+        "--sweep-schedules", nargs="+", choices=list(SCHEDULES), default=list(SCHEDULES)
     )
     parser.add_argument("--sweep-model", default="convnet5")
     parser.add_argument("--sweep-epochs", type=int, default=10)
@@ -211,9 +214,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             sweep_overrides = base_overrides(args, workdir)
             result["sweep"] = [
                 trials_per_hour(
-                    sweep_overrides, args.sweep_model, args.sweep_epochs, concurrent, workdir
+                    sweep_overrides,
+                    args.sweep_model,
+                    args.sweep_epochs,
+                    concurrent,
+                    workdir,
+                    schedule,
                 )
                 for concurrent in args.sweep
+                for schedule in args.sweep_schedules
             ]
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=2))

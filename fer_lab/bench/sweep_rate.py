@@ -1,5 +1,7 @@
 """Trials per hour of an Optuna sweep with several trials at once on one device, as a
-researcher would launch it (`hydra/launcher=joblib`, one process per trial)."""
+researcher would launch it, in the two schedules fer_lab has: `batches` (hydra/launcher=joblib
+with hydra.sweeper.n_jobs: a batch starts when the previous one has ended) and `workers`
+(hydra.sweeper.workers: each process asks for its next trial as soon as its last ends)."""
 
 import os
 import subprocess
@@ -12,13 +14,29 @@ import optuna
 
 from fer_lab.sweeps.storage import open_storage
 
+SCHEDULES = {
+    "batches": lambda n: [
+        "hydra/launcher=joblib",
+        f"hydra.launcher.n_jobs={n}",
+        f"hydra.sweeper.n_jobs={n}",
+    ],
+    "workers": lambda n: [f"hydra.sweeper.workers={n}"],
+}
+
 
 def trials_per_hour(
-    overrides: list[str], model: str, epochs: int, concurrent: int, workdir: Path
+    overrides: list[str],
+    model: str,
+    epochs: int,
+    concurrent: int,
+    workdir: Path,
+    schedule: str = "workers",
 ) -> dict[str, Any]:
-    """Run `concurrent` trials of `model` for `epochs` epochs side by side (pruning off, so
-    every trial trains its full length) and time the whole sweep, start-up included."""
-    study = f"bench-{model}-{concurrent}-at-once"
+    """Run 2 x `concurrent` trials of `model` for `epochs` epochs, `concurrent` at a time in
+    `schedule` (pruning off, so every trial trains its full length), and time the whole
+    sweep, start-up included."""
+    trials_wanted = 2 * concurrent
+    study = f"bench-{model}-{concurrent}-{schedule}"
     storage = workdir / f"{study}.journal"
     command = [
         sys.executable,
@@ -29,10 +47,8 @@ def trials_per_hour(
         f"model={model}",
         f"trainer.max_epochs={epochs}",
         "test=false",
-        "hydra/launcher=joblib",
-        f"hydra.launcher.n_jobs={concurrent}",
-        f"hydra.sweeper.n_jobs={concurrent}",
-        f"hydra.sweeper.n_trials={concurrent}",
+        *SCHEDULES[schedule](concurrent),
+        f"hydra.sweeper.n_trials={trials_wanted}",
         f"hydra.sweeper.study_name={study}",
         f"hydra.sweeper.storage={storage}",
         "hydra.sweeper.pruner=null",
@@ -45,18 +61,19 @@ def trials_per_hour(
     wall = time.perf_counter() - started
     if done.returncode != 0:
         raise RuntimeError(
-            f"sweep with {concurrent} trials at once failed (exit {done.returncode}):\n"
+            f"{schedule} sweep, {concurrent} trials at once, failed (exit {done.returncode}):\n"
             + done.stderr[-3000:]
         )
     trials = optuna.load_study(study_name=study, storage=open_storage(str(storage))).trials
     states = [trial.state.name for trial in trials]
-    if states != ["COMPLETE"] * concurrent:
-        raise RuntimeError(f"sweep with {concurrent} trials at once ended with trials {states}")
+    if states != ["COMPLETE"] * trials_wanted:
+        raise RuntimeError(f"{schedule} sweep, {concurrent} at once, ended with trials {states}")
     return {
         "model": model,
         "epochs": epochs,
+        "schedule": schedule,
         "concurrent": concurrent,
-        "trials": concurrent,
+        "trials": trials_wanted,
         "wall_s": wall,
-        "trials_per_hour": concurrent * 3600 / wall,
+        "trials_per_hour": trials_wanted * 3600 / wall,
     }

@@ -6,6 +6,8 @@ storage until it holds `n_trials` finished trials. Trials train and validate onl
 """
 
 import logging
+import subprocess
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -33,6 +35,14 @@ FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 _ABSENT = object()
 
 
+def start_worker() -> subprocess.Popen:
+    """Another process running this very command as one worker of the same study."""
+    own = ("hydra.sweeper.workers=", "hydra.sweeper.n_jobs=")
+    overrides = [a for a in sys.argv[1:] if not a.lstrip("+~").startswith(own)]
+    command = [sys.executable, "-m", "fer_lab.train", *overrides, "hydra.sweeper.workers=1"]
+    return subprocess.Popen(command)
+
+
 @dataclass
 class OptunaSweeperConf:
     # Hydra instantiates only plugin classes defined in the hydra_plugins package: there,
@@ -45,8 +55,13 @@ class OptunaSweeperConf:
     # Trials the study should hold in all, across every worker on it (finished or running);
     # re-running the command resumes up to it.
     n_trials: int = 20
-    # Trials asked for and launched together (run in parallel by e.g. hydra/launcher=joblib).
+    # Trials asked for and launched together (run in parallel by e.g. hydra/launcher=joblib);
+    # the next batch starts when the slowest of this one ends.
     n_jobs: int = 1
+    # Worker processes this command runs on this machine (itself and workers - 1 more), each
+    # training one trial at a time and asking for the next as soon as it ends: no slot waits
+    # for a batch's slowest or a pruned trial. Overrides n_jobs with 1.
+    workers: int = 1
     # Failed trials tolerated in this invocation before the sweep stops.
     max_failures: int = 3
     sampler: Any = field(default_factory=lambda: {"_target_": "optuna.samplers.TPESampler"})
@@ -79,13 +94,15 @@ class OptunaStudySweeper(Sweeper):
         params: DictConfig,
         heartbeat_interval: int = 60,
         grace_period: int = 180,
+        workers: int = 1,
     ) -> None:
         # Hydra instantiates `sampler` and `pruner` from their `_target_` before we get them.
         self.study_name = study_name
         self.storage = storage
         self.direction = direction
         self.n_trials = n_trials
-        self.n_jobs = n_jobs
+        self.workers = workers
+        self.n_jobs = 1 if workers > 1 else n_jobs
         self.max_failures = max_failures
         self.sampler = sampler
         self.pruner = pruner
@@ -122,6 +139,26 @@ class OptunaStudySweeper(Sweeper):
         )
         with study_lock(self.storage, self.study_name):  # one parent run for all workers
             sweep_run = SweepRun.start(self.config, self.study_name, space, self.describe())
+        helpers = [start_worker() for _ in range(self.workers - 1)]
+        try:
+            self._run_trials(study, storage, space, fixed, sweep_run)
+        finally:
+            for helper in helpers:
+                if helper.wait() != 0:
+                    log.error("A worker process of this sweep exited with %d", helper.returncode)
+        best_yaml = self._write_best(study)
+        sweep_run.finish(study, best_yaml=best_yaml)
+        return study
+
+    def _run_trials(
+        self,
+        study: optuna.Study,
+        storage: Any,
+        space: dict[str, BaseDistribution],
+        fixed: list[str],
+        sweep_run: "SweepRun",
+    ) -> None:
+        """Ask, launch and tell batches of trials until the study's total is reached."""
         failures = 0
         while batch := self._ask(study, storage, space):
             overrides = [self._overrides(trial, fixed, sweep_run) for trial in batch]
@@ -144,9 +181,6 @@ class OptunaStudySweeper(Sweeper):
                     f"{failures} trials failed (hydra.sweeper.max_failures={self.max_failures}); "
                     "see their logs under " + str(self.sweep_dir)
                 )
-        best_yaml = self._write_best(study)
-        sweep_run.finish(study, best_yaml=best_yaml)
-        return study
 
     def _ask(
         self, study: optuna.Study, storage: Any, space: dict[str, BaseDistribution]
@@ -238,6 +272,7 @@ class OptunaStudySweeper(Sweeper):
             "direction": self.direction,
             "n_trials": self.n_trials,
             "n_jobs": self.n_jobs,
+            "workers": self.workers,
             "sampler": OmegaConf.to_container(sweeper.sampler, resolve=True),
             # pruner=null: every trial runs its full length
             "pruner": sweeper.pruner and OmegaConf.to_container(sweeper.pruner, resolve=True),
