@@ -44,3 +44,31 @@ def test_sweep_trials_run_as_slurm_jobs(slurm_cluster: None, tmp_path: Path, mlf
     (parent,) = parents
     assert len(children) == 4
     assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parent.info.run_id}
+
+
+@pytest.mark.slow
+def test_slurm_trials_are_pruned_through_the_study(
+    slurm_cluster: None, tmp_path: Path, mlflow_client
+) -> None:
+    """A trial running as a SLURM job reports each epoch to the study and stops when the
+    pruner says so, as in-process trials do."""
+    run_train(
+        tmp_path,
+        *TINY,
+        "trainer.max_epochs=4",
+        "hydra.sweeper.n_trials=2",
+        "hydra.sweeper.n_jobs=2",
+        "hydra/launcher=submitit_slurm",
+        "hydra.launcher.partition=debug",
+        "hydra.launcher.timeout_min=10",
+        "hydra.launcher.cpus_per_task=1",
+        "+hydra.sweeper.pruner.lower=0.99",
+        "hydra.sweeper.pruner._target_=optuna.pruners.ThresholdPruner",
+        "~hydra.sweeper.pruner.n_startup_trials",
+        "hydra.sweeper.pruner.n_warmup_steps=1",
+    )
+    trials = study(tmp_path).trials
+    assert [t.state for t in trials] == [TrialState.PRUNED] * 2
+    assert all(max(t.intermediate_values) == 1 for t in trials)  # stopped after epoch 1 of 0..3
+    _, children = sweep_runs(mlflow_client())
+    assert {c.data.tags["optuna.trial_state"] for c in children} == {"PRUNED"}
