@@ -48,3 +48,21 @@ class PoisonWeights(_Once):
         if self._due(trainer, batch_idx):
             with torch.no_grad():
                 next(pl_module.parameters()).fill_(float("nan"))
+
+
+class RecordRunStatus(pl.Callback):
+    """Writes the MLflow run's status, as its store has it, to `path` at the start of one
+    training batch (to see what the UI shows while a run trains)."""
+
+    def __init__(self, epoch: int, batch: int, path: str) -> None:
+        self.epoch, self.batch, self.path = epoch, batch, Path(path)
+
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if (trainer.current_epoch, batch_idx) == (self.epoch, self.batch):
+            from mlflow import MlflowClient
+
+            logger = trainer.logger
+            run = MlflowClient(logger._tracking_uri).get_run(logger.run_id)
+            self.path.write_text(run.info.status)

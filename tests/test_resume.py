@@ -56,7 +56,17 @@ def assert_one_entry_per_epoch(client, run_id: str) -> None:
 def test_killed_run_resumes_into_the_same_mlflow_run(
     tmp_path: Path, mlflow_client, signal_name: str, exit_code: int
 ) -> None:
-    command = COMMAND + fault("SendSignal", tmp_path, name=signal_name)
+    probe = "+callbacks.status_probe"
+    status_file = tmp_path / "status_while_training.txt"
+    command = [
+        *COMMAND,
+        *fault("SendSignal", tmp_path, name=signal_name),
+        # Fires only in the resumed process: the first one dies in epoch 1.
+        f"{probe}._target_=tests.faults.RecordRunStatus",
+        f"{probe}.epoch=2",
+        f"{probe}.batch=0",
+        f"{probe}.path={status_file}",
+    ]
     first = run_cli(tmp_path, *command)
     assert first.returncode == exit_code, first.stderr[-3000:]
     (run_dir,) = run_dirs(tmp_path)
@@ -72,6 +82,7 @@ def test_killed_run_resumes_into_the_same_mlflow_run(
     assert second.returncode == 0, second.stderr[-3000:]
     resumed = only_run(client)
     assert resumed.info.run_id == run.info.run_id
+    assert status_file.read_text() == "RUNNING"  # not KILLED while it trains again
     assert resumed.info.status == "FINISHED"
     assert "test/acc" in resumed.data.metrics
     assert_one_entry_per_epoch(client, run.info.run_id)

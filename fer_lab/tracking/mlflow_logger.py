@@ -115,13 +115,17 @@ class FERMLflowLogger(MLFlowLogger):
         self._deliver({"kind": "artifact", "path": path, "artifact_path": artifact_path})
 
     @rank_zero_only
+    @rank_zero_only
     def set_status(self, status: str, reason: str | None = None) -> None:
         """Set the run's status: a terminal one (KILLED, FAILED, FINISHED) is kept by later
-        finalize calls, RUNNING reopens a resumed run; `reason` goes to the tag
-        fer_lab.failure_reason. With no run created yet there is nothing to mark."""
+        finalize calls, RUNNING reopens a resumed run (attached here, before its first step);
+        `reason` goes to the tag fer_lab.failure_reason. With no run created yet there is
+        nothing to mark."""
         terminal = RunStatus.is_terminated(RunStatus.from_string(status))  # rejects typos
         if not self._initialized:
-            return
+            if self._run_id is None:
+                return
+            _ = self.experiment  # a resumed run's id is known: attach to it now
         self._final_status = status if terminal else None
         if reason:
             self.set_tags({FAILURE_REASON_TAG: reason[:5000]})
