@@ -9,7 +9,15 @@ import pytest
 from optuna.trial import TrialState
 
 from .helpers import run_train
-from .test_sweeps import TINY, study, sweep_runs
+from .test_sweeps import PRUNE_AT_EPOCH_1, TINY, study, sweep_runs
+
+# Each batch of trials as a job array on the test cluster's one partition.
+ON_SLURM = [
+    "hydra/launcher=submitit_slurm",
+    "hydra.launcher.partition=debug",
+    "hydra.launcher.timeout_min=10",
+    "hydra.launcher.cpus_per_task=1",
+]
 
 
 @pytest.fixture(scope="session")
@@ -29,10 +37,7 @@ def test_sweep_trials_run_as_slurm_jobs(slurm_cluster: None, tmp_path: Path, mlf
         "trainer.max_epochs=1",
         "hydra.sweeper.n_trials=4",
         "hydra.sweeper.n_jobs=2",
-        "hydra/launcher=submitit_slurm",
-        "hydra.launcher.partition=debug",
-        "hydra.launcher.timeout_min=10",
-        "hydra.launcher.cpus_per_task=1",
+        *ON_SLURM,
     )
     assert [t.state for t in study(tmp_path).trials] == [TrialState.COMPLETE] * 4
     # submitit keeps one folder per SLURM array task: <job id>_<task>
@@ -58,14 +63,8 @@ def test_slurm_trials_are_pruned_through_the_study(
         "trainer.max_epochs=4",
         "hydra.sweeper.n_trials=2",
         "hydra.sweeper.n_jobs=2",
-        "hydra/launcher=submitit_slurm",
-        "hydra.launcher.partition=debug",
-        "hydra.launcher.timeout_min=10",
-        "hydra.launcher.cpus_per_task=1",
-        "+hydra.sweeper.pruner.lower=0.99",
-        "hydra.sweeper.pruner._target_=optuna.pruners.ThresholdPruner",
-        "~hydra.sweeper.pruner.n_startup_trials",
-        "hydra.sweeper.pruner.n_warmup_steps=1",
+        *ON_SLURM,
+        *PRUNE_AT_EPOCH_1,
     )
     trials = study(tmp_path).trials
     assert [t.state for t in trials] == [TrialState.PRUNED] * 2

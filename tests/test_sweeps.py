@@ -22,6 +22,13 @@ TINY = [
     "trainer.max_epochs=2",
     "hydra.sweeper.study_name=tiny",
 ]
+# Every trial below 0.99 val/acc_best after epoch 1 is pruned: all of them, at epoch 1.
+PRUNE_AT_EPOCH_1 = [
+    "+hydra.sweeper.pruner.lower=0.99",
+    "hydra.sweeper.pruner._target_=optuna.pruners.ThresholdPruner",
+    "~hydra.sweeper.pruner.n_startup_trials",
+    "hydra.sweeper.pruner.n_warmup_steps=1",
+]
 
 
 def study(tmp_path: Path) -> optuna.Study:
@@ -88,10 +95,7 @@ def test_pruner_stops_hopeless_trials_early(tmp_path: Path, mlflow_client, launc
         f"hydra/launcher={launcher}",
         "trainer.max_epochs=4",
         "hydra.sweeper.n_trials=2",
-        "+hydra.sweeper.pruner.lower=0.99",
-        "hydra.sweeper.pruner._target_=optuna.pruners.ThresholdPruner",
-        "~hydra.sweeper.pruner.n_startup_trials",
-        "hydra.sweeper.pruner.n_warmup_steps=1",
+        *PRUNE_AT_EPOCH_1,
     )
     trials = study(tmp_path).trials
     assert [t.state for t in trials] == [TrialState.PRUNED] * 2
