@@ -31,7 +31,6 @@ SYNCING = {
     "__int__",
     "__index__",
     "cpu",
-    "numpy",
     "nonzero",
     "unique",
     "_unique2",

@@ -25,6 +25,7 @@ from optuna.trial import TrialState
 
 from fer_lab.core.secrets import mask_secrets
 from fer_lab.sweeps.search_space import format_override, parse_search_space
+from fer_lab.sweeps.storage import has_heartbeat, open_storage, study_lock
 
 if TYPE_CHECKING:
     from fer_lab.sweeps.parent_runs import SweepRun
@@ -122,9 +123,8 @@ class OptunaStudySweeper(Sweeper):
 
     def sweep(self, arguments: list[str]) -> optuna.Study:
         # Imported here so registering the plugin (on every `python -m fer_lab.train`) stays
-        # light: these pull in MLflow and Lightning.
+        # light: it pulls in MLflow.
         from fer_lab.sweeps.parent_runs import SweepRun
-        from fer_lab.sweeps.storage import open_storage, study_lock
 
         space, fixed = parse_search_space(self.params, arguments)
         space = self._drop_absent_keys(space)
@@ -190,8 +190,6 @@ class OptunaStudySweeper(Sweeper):
         Counted and asked under the study's lock, against the storage, so workers in other
         processes or on other machines add up to exactly `n_trials`. Trials whose worker
         died (stale heartbeat) are failed first; they count towards the total."""
-        from fer_lab.sweeps.storage import has_heartbeat, study_lock
-
         with study_lock(self.storage, self.study_name):
             if has_heartbeat(storage):
                 running = {t.number for t in study.get_trials(states=(TrialState.RUNNING,))}
