@@ -5,6 +5,7 @@ Each fires once per `marker` file, so a resumed run with the same command runs c
 
 import os
 import signal
+import time
 from pathlib import Path
 from typing import Any
 
@@ -26,16 +27,23 @@ class _Once(pl.Callback):
 
 
 class SendSignal(_Once):
-    """Sends `signal` (KILL, TERM, INT) to this process at the start of one training batch."""
+    """Sends `signal` (KILL, TERM, INT) to this process at the start of one training batch;
+    with `group`, to its whole process group (every rank of a DDP run the test started in a
+    session of its own), from rank zero."""
 
-    def __init__(self, epoch: int, batch: int, marker: str, name: str) -> None:
+    def __init__(self, epoch: int, batch: int, marker: str, name: str, group: bool = False) -> None:
         super().__init__(epoch, batch, marker)
         self.signum = signal.Signals[f"SIG{name}"]
+        self.group = group
 
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: Any, batch: Any, batch_idx: int
     ) -> None:
+        if self.group and not trainer.is_global_zero:
+            return
         if self._due(trainer, batch_idx):
+            if self.group:
+                os.killpg(os.getpgid(0), self.signum)
             os.kill(os.getpid(), self.signum)
 
 
@@ -66,3 +74,52 @@ class RecordRunStatus(pl.Callback):
             logger = trainer.logger
             run = MlflowClient(logger._tracking_uri).get_run(logger.run_id)
             self.path.write_text(run.info.status)
+
+
+class KillAt(pl.Callback):
+    """SIGKILLs this process once (per `marker`) at a point after training's batches: `point` is
+    `epoch_start` (of `epoch`, so between two epochs), `test_batch` (during the test),
+    `artifact_upload` (the first confusion matrix upload after fit: mid-artifacts) or
+    `test_end` (test metrics logged, test artifacts written)."""
+
+    def __init__(self, point: str, marker: str, epoch: int = 0) -> None:
+        self.point, self.marker, self.epoch = point, Path(marker), epoch
+
+    def _kill(self, point: str) -> None:
+        if point == self.point and not self.marker.exists():
+            self.marker.write_text("fired")
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: Any) -> None:
+        if trainer.current_epoch == self.epoch:
+            self._kill("epoch_start")
+
+    def on_test_batch_start(self, *args: Any) -> None:
+        self._kill("test_batch")
+
+    def on_test_end(self, *args: Any) -> None:
+        self._kill("test_end")
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: Any) -> None:
+        logger = trainer.logger
+        upload = logger.upload_artifact
+
+        def upload_then_maybe_die(path: Any, artifact_path: str | None = None) -> None:
+            if artifact_path == "confusion_matrices":
+                self._kill("artifact_upload")
+            upload(path, artifact_path)
+
+        logger.upload_artifact = upload_then_maybe_die
+
+
+class Stall(pl.Callback):
+    """Holds training at the start of `epoch` (once per `marker`, which it writes on arrival)
+    for up to two minutes, so that a test can act on a run that is alive and resumable."""
+
+    def __init__(self, epoch: int, marker: str) -> None:
+        self.epoch, self.marker = epoch, Path(marker)
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: Any) -> None:
+        if trainer.current_epoch == self.epoch and not self.marker.exists():
+            self.marker.write_text("stalled")
+            time.sleep(120)

@@ -1,15 +1,21 @@
 """A killed, stopped or diverging run: what is left behind, and that `resume=auto` finishes it."""
 
 import json
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import mlflow
 import pytest
 import torch
+from hydra.utils import instantiate
 
-from .helpers import run_cli
+from fer_lab.core.errors import ConfigError
+from fer_lab.training.resume import SCHEDULE_LENGTH_KEYS, ResumePoint, check_extension
 
-pytestmark = pytest.mark.slow
+from .helpers import REPO_ROOT, compose_config, run_cli
 
 EPOCHS = 3
 COMMAND = [
@@ -52,6 +58,7 @@ def assert_one_entry_per_epoch(client, run_id: str) -> None:
     assert [epoch_at_step[step] for step in val_steps] == list(range(EPOCHS))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("signal_name", "exit_code"), [("KILL", -9), ("TERM", 143)])
 def test_killed_run_resumes_into_the_same_mlflow_run(
     tmp_path: Path, mlflow_client, signal_name: str, exit_code: int
@@ -89,6 +96,7 @@ def test_killed_run_resumes_into_the_same_mlflow_run(
     assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["epoch"] == 2
 
 
+@pytest.mark.slow
 def test_nan_loss_fails_the_run_and_keeps_the_good_checkpoint(
     tmp_path: Path, mlflow_client
 ) -> None:
@@ -107,6 +115,7 @@ def test_nan_loss_fails_the_run_and_keeps_the_good_checkpoint(
         assert all(torch.isfinite(w).all() for w in saved["state_dict"].values())
 
 
+@pytest.mark.slow
 def test_seeded_cpu_runs_repeat_exactly(tmp_path: Path, mlflow_client) -> None:
     command = [*COMMAND, "trainer.max_epochs=2", "augmentation=strong", "data.num_workers=2"]
     histories = []
@@ -125,3 +134,127 @@ def test_seeded_cpu_runs_repeat_exactly(tmp_path: Path, mlflow_client) -> None:
         )
     assert histories[0] == histories[1]
     assert len(histories[0]["train/loss"]) == 2
+
+
+def kill_at(point: str, tmp_path: Path) -> list[str]:
+    node = "+callbacks.fault"
+    return [
+        f"{node}._target_=tests.faults.KillAt",
+        f"{node}.point={point}",
+        f"{node}.epoch=2",
+        f"{node}.marker={tmp_path / 'fault_fired'}",
+    ]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("point", ["epoch_start", "artifact_upload", "test_batch", "test_end"])
+def test_kill_9_at_any_point_resumes_to_what_an_uninterrupted_run_gives(
+    tmp_path: Path, mlflow_client, point: str
+) -> None:
+    """Between two epochs, mid-artifacts after the fit, during the test, after the test's
+    metrics were logged: `resume=auto` ends with one FINISHED run, every epoch and the test
+    once, and all artifacts."""
+    first = run_cli(tmp_path, *COMMAND, *kill_at(point, tmp_path))
+    assert first.returncode == -9, first.stderr[-3000:]
+    second = run_cli(tmp_path, *COMMAND, *kill_at(point, tmp_path), "resume=auto")
+    output = second.stdout + second.stderr
+    assert second.returncode == 0 and "Traceback" not in output, output[-3000:]
+    client = mlflow_client()
+    run = only_run(client)
+    assert run.info.status == "FINISHED"
+    assert_one_entry_per_epoch(client, run.info.run_id)
+    assert len(client.get_metric_history(run.info.run_id, "test/acc")) == 1
+    epochs = [m.step for m in client.get_metric_history(run.info.run_id, "epoch")]
+    assert len(epochs) == len(set(epochs))  # Lightning sends `epoch` twice a step: kept once
+    uploaded = {
+        a.path
+        for folder in ("confusion_matrices", "figures")
+        for a in client.list_artifacts(run.info.run_id, folder)
+    }
+    for name in (
+        "confusion_matrices/confusion_matrix_val_best.png",
+        "confusion_matrices/confusion_matrix_test.png",
+        "figures/learning_curves.png",
+        "figures/misclassified_val_best.png",
+    ):
+        assert name in uploaded, sorted(uploaded)
+    (run_dir, *_) = run_dirs(tmp_path)
+    assert json.loads((run_dir / "run_state.json").read_text())["status"] == "finished"
+
+
+@pytest.mark.slow
+def test_a_live_run_refuses_a_second_command_and_extends_after_a_kill(tmp_path: Path) -> None:
+    """While a run trains, `resume=auto` from a second command exits 2 naming the process;
+    once it is killed, the run continues, here with a larger trainer.max_epochs (its
+    scheduler=plateau has no fixed length)."""
+    stalled = tmp_path / "stalled"
+    command = [*COMMAND, "scheduler=plateau"]
+    stall = ["+callbacks.stall._target_=tests.faults.Stall", "+callbacks.stall.epoch=1"]
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
+        "PYTHONPATH": str(REPO_ROOT),
+    }
+    first = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "fer_lab.train",
+            *command,
+            *stall,
+            f"+callbacks.stall.marker={stalled}",
+        ],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not stalled.exists() and first.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert stalled.exists(), "the first command never reached epoch 1"
+        second = run_cli(
+            tmp_path, *command, *stall, f"+callbacks.stall.marker={stalled}", "resume=auto"
+        )
+        output = second.stdout + second.stderr
+        assert second.returncode == 2, output[-3000:]
+        assert f"is being trained by process {first.pid}" in output
+        assert "Traceback" not in output
+    finally:
+        first.kill()
+        first.wait()
+    longer = [
+        *command,
+        *stall,
+        f"+callbacks.stall.marker={stalled}",
+        f"trainer.max_epochs={EPOCHS + 1}",
+        "resume=auto",
+    ]
+    resumed = run_cli(tmp_path, *longer)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    (run_dir, *_) = run_dirs(tmp_path)
+    assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["epoch"] == EPOCHS
+
+
+@pytest.mark.parametrize(
+    ("scheduler", "extends"),
+    [("none", True), ("plateau", True), ("cosine", False), ("onecycle", False)],
+)
+def test_extending_max_epochs_is_checked_for_every_scheduler(
+    scheduler: str, extends: bool, tmp_path: Path
+) -> None:
+    cfg = compose_config(f"scheduler={scheduler}", "trainer.max_epochs=3")
+    planned = {}
+    if cfg.scheduler.scheduler is not None:
+        optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+        extra = {"total_steps": 30} if cfg.scheduler.interval == "step" else {}
+        schedule = instantiate(cfg.scheduler.scheduler)(optimizer=optimizer, **extra)
+        planned = {k: v for k, v in schedule.state_dict().items() if k in SCHEDULE_LENGTH_KEYS}
+    point = ResumePoint(tmp_path, tmp_path / "last.ckpt", None, None, 3, planned)
+    check_extension(point, 3, scheduler)  # the planned length always continues
+    if extends:
+        check_extension(point, 5, scheduler)
+    else:
+        with pytest.raises(ConfigError, match=f"scheduler={scheduler} fixed its length"):
+            check_extension(point, 5, scheduler)

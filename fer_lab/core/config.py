@@ -18,6 +18,12 @@ def on_gpu(accelerator: str) -> bool:
     return accelerator in GPU_ACCELERATORS
 
 
+def if_gpu(accelerator: str, on_gpu_value: str, otherwise: str) -> str:
+    """`on_gpu_value` for a GPU trainer, else `otherwise`: `trainer=gpu` or `trainer=ddp`
+    with `trainer.accelerator=cpu` must not keep the GPU's bf16 (5-7x slower on CPUs)."""
+    return on_gpu_value if on_gpu(accelerator) else otherwise
+
+
 def loader_workers(accelerator: str) -> int:
     """Loader processes for the per-sample path: on a GPU, every core but the one driving it
     (at most 8); on a CPU, at most 2, because workers take cores from the model itself."""
@@ -30,8 +36,10 @@ def loader_workers(accelerator: str) -> int:
 def register_resolvers() -> None:
     """`${len:...}` lets model configs derive num_classes from `dataset.classes`; `${cwd:}` is
     the launch directory, usable (unlike `${hydra:runtime.cwd}`) in `hydra.sweep.dir`;
-    `${on_gpu:...}` and `${loader_workers:...}` switch the speed settings on for GPU trainers."""
+    `${on_gpu:...}`, `${if_gpu:...}` and `${loader_workers:...}` switch the speed settings on
+    for GPU trainers."""
     OmegaConf.register_new_resolver("len", len, replace=True)
     OmegaConf.register_new_resolver("cwd", os.getcwd, replace=True)
     OmegaConf.register_new_resolver("on_gpu", on_gpu, replace=True)
+    OmegaConf.register_new_resolver("if_gpu", if_gpu, replace=True)
     OmegaConf.register_new_resolver("loader_workers", loader_workers, replace=True)

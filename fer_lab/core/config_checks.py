@@ -2,7 +2,7 @@
 (torch-free, so they run before the training code is imported)."""
 
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from importlib.resources import files
 from pathlib import Path
 
@@ -57,6 +57,28 @@ def check_values(cfg: DictConfig) -> None:
                 f"model.{model_key}={cfg.model[model_key]}; leave data.{data_key} at its "
                 f"default (${{model.{model_key}}}) or choose another model"
             )
+
+
+def check_launch(cfg: DictConfig, multirun: bool, environ: Mapping[str, str]) -> None:
+    """Combinations of DDP that cannot work, refused before anything starts."""
+    if _select(cfg, "speed.compile") and _select(cfg, "trainer.sync_batchnorm"):
+        raise ConfigError(
+            "speed.compile=true with trainer.sync_batchnorm=true (trainer=ddp on GPUs): "
+            "torch.compile breaks its graph at every SyncBatchNorm and recompiles, slower "
+            "than not compiling. Set trainer.sync_batchnorm=false (per-GPU BatchNorm "
+            "statistics) or speed.compile=false"
+        )
+    strategy = str(_select(cfg, "trainer.strategy") or "")
+    external = int(environ.get("SLURM_NTASKS", "1")) > 1 or "TORCHELASTIC_RUN_ID" in environ
+    spawns = strategy.startswith("ddp") and _select(cfg, "trainer.devices") != 1
+    if multirun and spawns and not external:
+        raise ConfigError(
+            f"trainer.strategy={strategy} in a multirun (-m): Lightning starts the other "
+            "DDP processes by re-running the command line, so each would start a sweep "
+            "of its own. Run each trial as a multi-process SLURM job instead "
+            "(hydra/launcher=submitit_slurm hydra.launcher.tasks_per_node=N "
+            'trainer.devices=N, README "DDP"), or sweep with trainer=gpu'
+        )
 
 
 def check_classes(

@@ -10,6 +10,7 @@ import albumentations as A
 import numpy as np
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, get_worker_info
 
 from fer_lab.core.config_checks import PIPELINES
@@ -132,12 +133,24 @@ class FERDataModule(pl.LightningDataModule):
             dataset,
             batch_size=self.batch_size,
             shuffle=train,
+            sampler=None if train else self._evaluation_shards(dataset),
             drop_last=train and len(dataset) > self.batch_size,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,
             worker_init_fn=seed_augmentation,
             multiprocessing_context=_worker_start(self.num_workers),
+        )
+
+    def _evaluation_shards(self, dataset: FaceDataset) -> UnrepeatedDistributedSampler | None:
+        """Under DDP, each process's share of an evaluation split, every image exactly once:
+        Lightning's default DistributedSampler pads the shares to equal length by repeating
+        images, which the ranks' summed metrics would count twice."""
+        trainer = getattr(self, "trainer", None)
+        if trainer is None or trainer.world_size == 1:
+            return None
+        return UnrepeatedDistributedSampler(
+            dataset, num_replicas=trainer.world_size, rank=trainer.global_rank, shuffle=False
         )
 
     def _device_batches(self, split: str, train: bool) -> DeviceBatches:
@@ -165,6 +178,7 @@ class FERDataModule(pl.LightningDataModule):
             seed=self.seed,  # the same shuffle everywhere, so the processes' shares are disjoint
             rank=rank,
             world_size=trainer.world_size if trainer is not None else 1,
+            current_epoch=(lambda: trainer.current_epoch) if trainer is not None else lambda: 0,
         )
 
     def train_dataloader(self) -> Iterable:

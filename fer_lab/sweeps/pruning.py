@@ -13,6 +13,7 @@ import pytorch_lightning as pl
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
 from fer_lab.core.secrets import masked
 from fer_lab.sweeps.storage import has_heartbeat, open_storage
@@ -46,11 +47,12 @@ class OptunaPruning(pl.Callback):
         trial = optuna.trial.Trial(study, cfg.sweep.trial_id)
         choices = hydra.runtime.choices
         config = {"model": choices.model, "dataset": choices.dataset}
-        trial.set_user_attr(CONFIG_ATTR, masked({**config, "yaml": OmegaConf.to_yaml(cfg)}))
+        if rank_zero_only.rank == 0:
+            trial.set_user_attr(CONFIG_ATTR, masked({**config, "yaml": OmegaConf.to_yaml(cfg)}))
         return cls(trial, cfg.optimized_metric)
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if has_heartbeat(self.trial.study._storage):
+        if trainer.is_global_zero and has_heartbeat(self.trial.study._storage):
             threading.Thread(target=self._beat, daemon=True).start()
 
     def _beat(self) -> None:
@@ -66,7 +68,10 @@ class OptunaPruning(pl.Callback):
         if trainer.sanity_checking or self.monitor not in trainer.callback_metrics:
             return
         epoch = trainer.current_epoch
-        self.trial.report(float(trainer.callback_metrics[self.monitor]), step=epoch)
-        if self.trial.should_prune():
+        prune = False
+        if trainer.is_global_zero:  # a DDP trial reports once, and all its ranks stop together
+            self.trial.report(float(trainer.callback_metrics[self.monitor]), step=epoch)
+            prune = self.trial.should_prune()
+        if trainer.strategy.broadcast(prune):
             self.pruned_at = epoch
             trainer.should_stop = True

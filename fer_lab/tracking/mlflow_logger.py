@@ -5,7 +5,14 @@ are kept in order, in memory and in `undelivered_path`, and sent before the next
 the server answers again, so a short outage loses nothing. Real errors (a param re-logged with
 another value) still raise. The buffer file lives in the run's output directory: it is per run
 (parallel trials never share one), beside the checkpoints and artifacts that buffered uploads
-point to, and it survives the process, so what was never delivered can still be inspected.
+point to, and it survives the process: a resumed run's logger sends what an earlier process
+left there before anything new, and `python -m fer_lab.tracking.replay <run dir>` sends it for
+a run that will not be resumed.
+
+A metric is logged once per step: Lightning sends `epoch` with both the validation and the
+training metrics of an epoch, and a resumed run repeats what its killed process may already
+have sent (the interrupted epoch's validation, a test that ran before the kill). MLflow
+cannot replace a logged value, so the first one is kept.
 """
 
 import json
@@ -57,10 +64,34 @@ class FERMLflowLogger(MLFlowLogger):
         super().__init__(experiment_name, run_name, tracking_uri, **kwargs)
         self.undelivered_path = Path(undelivered_path).resolve()
         self.retry_interval_s = retry_interval_s
-        self._pending: list[dict[str, Any]] = []  # to retry, in order
+        self._pending = self._left_undelivered()  # to retry, in order
         self._dropped: list[dict[str, Any]] = []  # rejected on retry: reported, never resent
         self._failed_at = 0.0
         self._final_status: str | None = None
+        # Per metric, the last step the run holds; for a resumed run read from the store.
+        self._last_step: dict[str, int | None] = {}
+        self._resumed = self._run_id is not None
+
+    def _left_undelivered(self) -> list[dict[str, Any]]:
+        """What an earlier process of this run could not deliver (one item per line)."""
+        if rank_zero_only.rank != 0 or not self.undelivered_path.is_file():
+            return []
+        items = []
+        for number, line in enumerate(self.undelivered_path.read_text().splitlines(), 1):
+            try:
+                items.append(json.loads(line))
+            except json.JSONDecodeError:
+                log.warning("%s line %d is not JSON; left out", self.undelivered_path, number)
+        if items:
+            log.info(
+                "%d undelivered MLflow items from %s go first", len(items), self.undelivered_path
+            )
+        return items
+
+    def replay(self) -> int:
+        """Send what an earlier process left undelivered; returns how many items remain."""
+        self._flush(force=True)
+        return len(self._pending) + len(self._dropped)
 
     @property
     @rank_zero_experiment
@@ -102,7 +133,25 @@ class FERMLflowLogger(MLFlowLogger):
             for key, value in prefixed.items()
             if not isinstance(value, str)
         ]
-        self._deliver({"kind": "batch", "metrics": rows})
+        rows = [row for row in rows if self._is_new(row[0], row[3])]
+        if rows:
+            self._deliver({"kind": "batch", "metrics": rows})
+
+    def _is_new(self, key: str, step: int) -> bool:
+        """Whether the run lacks `key` at `step`; if so, it is taken as logged from now on."""
+        if key not in self._last_step and self._resumed:
+            try:
+                history = self._mlflow_client.get_metric_history(self.run_id, key)
+                self._last_step[key] = max((m.step for m in history), default=None)
+            except Exception as error:
+                if not is_connectivity_error(error):
+                    raise
+                return True  # unknown while the store is down: deliver (and buffer) it
+        last = self._last_step.get(key)
+        if last is not None and step <= last:
+            return False
+        self._last_step[key] = step
+        return True
 
     @rank_zero_only
     def set_tags(self, tags: Mapping[str, Any]) -> None:
@@ -114,7 +163,6 @@ class FERMLflowLogger(MLFlowLogger):
         path = str(Path(local_path).resolve())
         self._deliver({"kind": "artifact", "path": path, "artifact_path": artifact_path})
 
-    @rank_zero_only
     @rank_zero_only
     def set_status(self, status: str, reason: str | None = None) -> None:
         """Set the run's status: a terminal one (KILLED, FAILED, FINISHED) is kept by later

@@ -3,10 +3,12 @@
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import optuna
 import pytorch_lightning as pl
 import torch
+from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import Logger
@@ -21,7 +23,8 @@ from fer_lab.sweeps.pruning import OptunaPruning
 from fer_lab.tracking.run_config import log_run_config, log_skipped_data
 from fer_lab.tracking.run_logger import build_logger, mark_run
 from fer_lab.training.module import FERLitModule
-from fer_lab.training.resume import find_resume_point, write_state
+from fer_lab.training.resume import check_extension, find_resume_point, write_state
+from fer_lab.training.run_lock import claim, global_rank
 from fer_lab.training.stopping import NonFiniteLossError
 
 log = logging.getLogger(__name__)
@@ -107,10 +110,13 @@ def fit_and_test(cfg: DictConfig) -> float:
 
     Expects a config that passed `fer_lab.train.preflight`. A stopped run (Ctrl-C, SIGTERM,
     SIGKILL, a crash) continues from its last epoch with `resume=auto`, in the same output
-    folder and MLflow run.
+    folder and MLflow run; one killed after its last epoch redoes only the artifacts and the
+    test. Under DDP every rank runs this; rank zero alone writes the run's state and logs.
     """
     resume = find_resume_point(cfg)
+    claim(resume.output_dir if resume else Path(cfg.paths.output_dir))
     if resume is not None:
+        check_extension(resume, cfg.trainer.max_epochs, HydraConfig.get().runtime.choices.scheduler)
         cfg.paths.output_dir = str(resume.output_dir)
         log.info("Resuming %s from %s", resume.output_dir, resume.checkpoint)
     pl.seed_everything(cfg.seed, workers=True)
@@ -119,10 +125,10 @@ def fit_and_test(cfg: DictConfig) -> float:
         check_classes(resume.classes, job.datamodule.classes, resume.checkpoint)
     datamodule, module, logger, trainer = job.datamodule, job.module, job.logger, job.trainer
     pruning = next((c for c in trainer.callbacks if isinstance(c, OptunaPruning)), None)
-    if resume is None:
+    if resume is None and global_rank() == 0:
         log_run_config(logger, cfg, module.net)
         log_skipped_data(logger, datamodule.splits.skipped, cfg.paths.output_dir)
-    else:
+    elif resume is not None:
         mark_run(logger, "RUNNING")
     run_id = getattr(logger, "run_id", None)
     write_state(cfg.paths.output_dir, "running", run_id)
@@ -142,12 +148,13 @@ def fit_and_test(cfg: DictConfig) -> float:
         write_state(cfg.paths.output_dir, "failed", run_id)
         mark_run(logger, "FAILED", str(error))
         raise
-    if cfg.optimized_metric not in trainer.callback_metrics:
+    metrics = {**module.restored_metrics, **_scalars(trainer.callback_metrics)}
+    if cfg.optimized_metric not in metrics:
         raise FERLabError(
             f"optimized_metric={cfg.optimized_metric!r} was not logged; "
-            f"logged metrics: {sorted(trainer.callback_metrics)}"
+            f"logged metrics: {sorted(metrics)}"
         )
-    score = float(trainer.callback_metrics[cfg.optimized_metric])
+    score = metrics[cfg.optimized_metric]
     if pruning is not None and pruning.pruned_at is not None:
         write_state(cfg.paths.output_dir, "finished", run_id)
         raise optuna.TrialPruned(
@@ -159,3 +166,7 @@ def fit_and_test(cfg: DictConfig) -> float:
     write_state(cfg.paths.output_dir, "finished", run_id)
     log.info("%s = %.4f", cfg.optimized_metric, score)
     return score
+
+
+def _scalars(metrics: dict[str, torch.Tensor]) -> dict[str, float]:
+    return {name: float(value) for name, value in metrics.items() if value.numel() == 1}

@@ -4,11 +4,13 @@ A training step queues its work on the device and returns: nothing in it, the me
 non-finite-loss guard waits for the GPU (see README, "GPU").
 """
 
+import warnings
 from collections.abc import Callable
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.utilities.warnings import PossibleUserWarning
 from torch import nn
 from torchmetrics import MaxMetric, MetricCollection
 from torchmetrics.classification import (
@@ -28,6 +30,13 @@ SPLITS = ("train", "val", "test")
 # Steps between two reads of the non-finite-loss record, each a host sync: a NaN run stops
 # within this many steps, and before any validation, checkpoint or logged epoch.
 NONFINITE_CHECK_EVERY = 50
+# Under DDP, Lightning suggests sync_dist=True for every epoch-level value logged as a tensor;
+# fer_lab's come from torchmetrics' compute(), which has already summed the ranks' states.
+warnings.filterwarnings(
+    "ignore",
+    message=r"It is recommended to use `self.log\('(val|test)/",
+    category=PossibleUserWarning,
+)
 
 
 class FERLitModule(pl.LightningModule):
@@ -92,6 +101,9 @@ class FERLitModule(pl.LightningModule):
         self.val_acc_best.persistent(True)  # a resumed run keeps its best epoch
         self.best_val_confusion: torch.Tensor | None = None
         self.test_confusion: torch.Tensor | None = None
+        # The metrics of the epoch a restored checkpoint ended: a run resumed after its last
+        # epoch has nothing left to fit, and still reports its optimised metric.
+        self.restored_metrics: dict[str, float] = {}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.channels_last:
@@ -123,14 +135,15 @@ class FERLitModule(pl.LightningModule):
 
     def on_train_batch_end(self, outputs: Any, batch: Batch, batch_idx: int) -> None:
         if (batch_idx + 1) % NONFINITE_CHECK_EVERY == 0:
-            self.nonfinite.raise_if_seen()
+            self.nonfinite.raise_if_seen(self.trainer.strategy)
 
     def on_validation_start(self) -> None:
-        self.nonfinite.raise_if_seen()  # validation must not score (and save) broken weights
+        # Validation must not score (and save) broken weights.
+        self.nonfinite.raise_if_seen(self.trainer.strategy)
 
     def on_train_epoch_end(self) -> None:
         # Lightning calls this before the checkpoint callbacks and the epoch's logging.
-        self.nonfinite.raise_if_seen()
+        self.nonfinite.raise_if_seen(self.trainer.strategy)
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         _, logits, labels = self._step(batch, "val")
@@ -193,6 +206,12 @@ class FERLitModule(pl.LightningModule):
         checkpoint["fer_lab_config"] = self.config
         checkpoint["fer_lab_classes"] = self.class_names
         checkpoint["fer_lab_best_val_confusion"] = self.best_val_confusion
+        checkpoint["fer_lab_metrics"] = {
+            name: float(value)
+            for name, value in self.trainer.callback_metrics.items()
+            if value.numel() == 1
+        }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.best_val_confusion = checkpoint.get("fer_lab_best_val_confusion")
+        self.restored_metrics = checkpoint.get("fer_lab_metrics", {})

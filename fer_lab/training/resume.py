@@ -15,11 +15,18 @@ from omegaconf import DictConfig, OmegaConf
 
 from fer_lab.core.errors import ConfigError
 from fer_lab.training.checkpoint_io import load_checkpoint
+from fer_lab.training.run_lock import global_rank
 
 log = logging.getLogger(__name__)
 
 STATE_FILE = "run_state.json"
 LAST_CHECKPOINT = Path("checkpoints") / "last.ckpt"
+
+
+# Overrides that may differ between a run and the command that continues it.
+CONTINUE_OVERRIDES = ("resume", "trainer.max_epochs")
+# Scheduler state keys that fix the schedule's length when the run starts.
+SCHEDULE_LENGTH_KEYS = ("T_max", "total_steps", "total_iters")
 
 
 @dataclass
@@ -28,10 +35,15 @@ class ResumePoint:
     checkpoint: Path
     mlflow_run_id: str | None
     classes: list[str] | None
+    planned_epochs: int | None  # trainer.max_epochs of the run so far
+    schedule_length: dict[str, int]  # e.g. {"T_max": 20} for a cosine schedule
 
 
 def write_state(output_dir: str | Path, status: str, mlflow_run_id: str | None) -> None:
-    """Record the run's status ('running', 'stopped', 'failed', 'finished') atomically."""
+    """Record the run's status ('running', 'stopped', 'failed', 'finished') atomically; rank
+    zero's to write (the other ranks of a DDP run know no MLflow run id)."""
+    if global_rank() != 0:
+        return
     path = Path(output_dir) / STATE_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(".partial")
@@ -90,11 +102,37 @@ def _explicit(path: Path, here: Path) -> ResumePoint:
 def _point(output_dir: Path, checkpoint: Path, run_id: str | None) -> ResumePoint:
     # mmap: only the few small entries read here are paged in, not the weights.
     saved = load_checkpoint(checkpoint, mmap=True)
-    return ResumePoint(output_dir, checkpoint, run_id, saved.get("fer_lab_classes"))
+    config = saved.get("fer_lab_config") or {}
+    schedulers = saved.get("lr_schedulers") or [{}]
+    return ResumePoint(
+        output_dir,
+        checkpoint,
+        run_id,
+        saved.get("fer_lab_classes"),
+        config.get("trainer", {}).get("max_epochs"),
+        {key: schedulers[0][key] for key in SCHEDULE_LENGTH_KEYS if key in schedulers[0]},
+    )
+
+
+def check_extension(point: ResumePoint, max_epochs: int, scheduler: str) -> None:
+    """A larger `trainer.max_epochs` continues a run only if its LR schedule has no fixed
+    length: a cosine or one-cycle schedule was laid out over the planned epochs when the run
+    started, and its restored state would go past its end (one-cycle raises, cosine climbs)."""
+    planned = point.planned_epochs
+    longer = planned is not None and planned != -1 and (max_epochs == -1 or max_epochs > planned)
+    if longer and point.schedule_length:
+        fixed = ", ".join(f"{k}={v}" for k, v in point.schedule_length.items())
+        raise ConfigError(
+            f"trainer.max_epochs={max_epochs}: {point.output_dir} was planned for {planned} "
+            f"epochs and scheduler={scheduler} fixed its length to that ({fixed}) when it "
+            f"started, so it cannot be extended. Continue it with trainer.max_epochs={planned}, "
+            "or train longer in a new run (scheduler=none and scheduler=plateau runs can be "
+            "extended)"
+        )
 
 
 def _command(overrides: list[str]) -> list[str]:
-    return sorted(o for o in overrides if not o.lstrip("+~").startswith("resume="))
+    return sorted(o for o in overrides if o.lstrip("+~").split("=", 1)[0] not in CONTINUE_OVERRIDES)
 
 
 def _recorded_command(folder: Path) -> list[str] | None:

@@ -95,7 +95,7 @@ class RunArtifacts(pl.Callback):
             self._upload(trainer, paths, "figures")
 
     def on_test_end(self, trainer: pl.Trainer, pl_module: FERLitModule) -> None:
-        if pl_module.test_confusion is not None:
+        if trainer.is_global_zero and pl_module.test_confusion is not None:
             paths = write_confusion_matrix(
                 pl_module.test_confusion.numpy(),
                 pl_module.class_names,

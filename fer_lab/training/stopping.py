@@ -8,6 +8,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.strategies import Strategy
 
 from fer_lab.core.errors import FERLabError
 
@@ -32,27 +33,34 @@ class GracefulStop(pl.Callback):
 
     The run then holds `last.ckpt` of the last completed epoch (written every epoch), so a
     resume repeats only the interrupted epoch and the metric history has no partial epoch.
-    Lightning's own handler notices SIGTERM; this one adds Ctrl-C. It is installed once
-    training starts, after Lightning has saved the handlers it restores at teardown.
+    Under DDP the ranks stop together: at each training batch end they agree (one tiny
+    all-reduce) whether any of them was asked, since a rank that stopped alone would leave
+    the others waiting in the next gradient all-reduce. (Lightning's own SIGTERM handling
+    decides per rank; these handlers replace it while training, and Lightning restores its
+    own at teardown.)
     """
 
     def __init__(self) -> None:
-        self.interrupted = False
-        self._previous: Any = None
+        self.requested: int | None = None  # the first signal received
+        self._previous: dict[int, Any] = {}
 
-    def _on_sigint(self, signum: int, frame: FrameType | None) -> None:
-        if self.interrupted:
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        if self.requested == signal.SIGINT and signum == signal.SIGINT:
             raise KeyboardInterrupt
-        self.interrupted = True
-        log.warning("Ctrl-C: stopping after this batch (press again to stop at once)")
+        self.requested = self.requested or signum
+        log.warning(
+            "%s: stopping after this batch (Ctrl-C again stops at once)",
+            signal.Signals(signum).name,
+        )
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._previous = signal.signal(signal.SIGINT, self._on_sigint)
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            self._previous[signum] = signal.signal(signum, self._on_signal)
 
     def _restore(self) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
-            self._previous = None
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous = {}
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._restore()
@@ -62,17 +70,17 @@ class GracefulStop(pl.Callback):
     ) -> None:
         self._restore()
 
-    def _stop_if_asked(self, trainer: pl.Trainer) -> None:
-        if self.interrupted:
-            raise StopRequested(signal.SIGINT)
-        if trainer.received_sigterm:
-            raise StopRequested(signal.SIGTERM)
-
     def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
-        self._stop_if_asked(trainer)
+        asked = self.requested is not None
+        if trainer.world_size > 1:
+            asked = trainer.strategy.reduce_boolean_decision(asked, all=False)
+        if asked:
+            raise StopRequested(self.requested or signal.SIGTERM)
 
     def on_validation_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
-        self._stop_if_asked(trainer)
+        # Ranks may hold one validation batch more than others: no collective here.
+        if self.requested is not None and trainer.world_size == 1:
+            raise StopRequested(self.requested)
 
 
 class NonFiniteLossWatch:
@@ -96,10 +104,17 @@ class NonFiniteLossWatch:
         first = ~torch.isfinite(loss) & (self._first_bad[0] == 0)
         self._first_bad = torch.where(first, now, self._first_bad)
 
-    def raise_if_seen(self) -> None:
-        if self._first_bad is None:
+    def raise_if_seen(self, strategy: Strategy | None = None) -> None:
+        """Raise if a non-finite loss was seen; under DDP on every rank if one rank saw it,
+        so that none waits for the others in the next all-reduce."""
+        record = self._first_bad
+        if strategy is not None and getattr(strategy, "world_size", 1) > 1:
+            mine = record if record is not None else torch.zeros(5, device=strategy.root_device)
+            records = strategy.all_gather(mine.float())  # [ranks, 5]; gloo has no float64
+            record = records[int(records[:, 0].argmax())]
+        if record is None:
             return
-        seen, loss, epoch, step, batch_idx = self._first_bad.tolist()
+        seen, loss, epoch, step, batch_idx = record.tolist()
         if seen:
             raise NonFiniteLossError(
                 f"train/loss is {loss} at epoch {int(epoch)}, step {int(step)} (batch "

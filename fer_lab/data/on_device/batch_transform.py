@@ -44,6 +44,7 @@ class BatchTransform:
     ) -> None:
         self.steps, self.normalise = steps, normalise
         self.image_size, self.seed = image_size, seed
+        self.epoch = 0
         self._generators: dict[torch.device, torch.Generator] = {}
 
     @classmethod
@@ -82,12 +83,20 @@ class BatchTransform:
     ) -> bool:
         return BatchTransform.unsupported(augmentation, preprocess, image_size) is None
 
+    def set_epoch(self, epoch: int) -> None:
+        """Draw this epoch's stream: a function of (seed, epoch), so a resumed run goes on
+        with the augmentations an uninterrupted one would have drawn."""
+        if epoch != self.epoch:
+            self.epoch = epoch
+            self._generators.clear()
+
     def generator(self, device: torch.device) -> torch.Generator:
-        """The generator for `device`, made on first use from `seed`, or when that is None from
-        the global torch RNG (which `seed_everything` fixes), so runs repeat either way."""
+        """The generator for `device`, made on first use from `seed` and the epoch, or when
+        `seed` is None from the global torch RNG (which `seed_everything` fixes)."""
         if device not in self._generators:
             seed = self.seed if self.seed is not None else int(torch.randint(2**62, ()).item())
-            self._generators[device] = torch.Generator(device).manual_seed((seed ^ _SALT) % 2**63)
+            stream = ((seed ^ _SALT) + self.epoch * 1_000_003) % 2**63
+            self._generators[device] = torch.Generator(device).manual_seed(stream)
         return self._generators[device]
 
     def is_random(self, train: bool) -> bool:

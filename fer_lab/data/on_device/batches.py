@@ -1,7 +1,7 @@
 """The on-device data path: a split held as one uint8 tensor on the training device, batches
 cut by index there and augmented as a whole, so no per-image Python work sits in the loop."""
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import cv2
 import numpy as np
@@ -37,9 +37,13 @@ def _transform_all(
 class DeviceBatches:
     """An iterable of (images, labels) batches for Lightning, drawn from tensors on `device`.
 
-    Shuffling draws one permutation per epoch from a seeded generator on the device. Under
-    data-parallel training each process takes every `world_size`-th index of it, as
-    Lightning's DistributedSampler does for DataLoaders.
+    Shuffling draws one permutation per epoch from (seed, epoch) alone, with the epoch read
+    from `current_epoch` (the trainer's), so a resumed run continues the sequence instead of
+    replaying epoch 0's order; the augmentation stream follows the epoch the same way.
+    Under data-parallel training each process takes every `world_size`-th index of it, as
+    Lightning's DistributedSampler does for DataLoaders: in training each the same number
+    (the remainder is left out, so every process runs as many steps), in evaluation every
+    image once.
     """
 
     def __init__(
@@ -52,6 +56,7 @@ class DeviceBatches:
         seed: int | None = None,
         rank: int = 0,
         world_size: int = 1,
+        current_epoch: Callable[[], int] = lambda: 0,
     ) -> None:
         # Without random ops every epoch sees the same pixels: transform them once.
         self.ready = None if transform.is_random(train) else _transform_all(images, transform)
@@ -61,28 +66,31 @@ class DeviceBatches:
         self.batch_size = batch_size
         self.train = train
         self.rank, self.world_size = rank, world_size
-        self.generator = torch.Generator(images.device)
-        if seed is not None:
-            self.generator.manual_seed(seed)
+        self.seed = seed if seed is not None else int(torch.randint(2**31, ()).item())
+        self.current_epoch = current_epoch
 
-    def _indices(self) -> torch.Tensor:
-        n = len(self.labels)
-        if self.train:
-            order = torch.randperm(n, device=self.images.device, generator=self.generator)
-        else:
-            order = torch.arange(n, device=self.images.device)
-        return order[self.rank :: self.world_size]
+    def _indices(self, epoch: int) -> torch.Tensor:
+        n, device = len(self.labels), self.images.device
+        if not self.train:
+            return torch.arange(n, device=device)[self.rank :: self.world_size]
+        generator = torch.Generator(device).manual_seed(self.seed * 1_000_003 + epoch)
+        shares = n // self.world_size * self.world_size
+        order = torch.randperm(n, device=device, generator=generator)
+        return order[self.rank : shares : self.world_size]
 
     def __len__(self) -> int:
-        n = len(range(self.rank, len(self.labels), self.world_size))
+        n = len(self.labels)
+        if not self.train:
+            return -(-len(range(self.rank, n, self.world_size)) // self.batch_size)
+        n //= self.world_size
         # Training drops a last, smaller batch (as the per-sample path does): a batch of a
         # few images would give BatchNorm and the loss a noisy step.
-        if self.train and n > self.batch_size:
-            return n // self.batch_size
-        return -(-n // self.batch_size)
+        return n // self.batch_size if n > self.batch_size else -(-n // self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        indices = self._indices()
+        epoch = self.current_epoch()
+        indices = self._indices(epoch)
+        self.transform.set_epoch(epoch)
         for start in range(0, len(self) * self.batch_size, self.batch_size):
             batch = indices[start : start + self.batch_size]
             if self.ready is not None:

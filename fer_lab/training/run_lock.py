@@ -1,0 +1,137 @@
+"""One launch per run folder: the process that trains a run holds `run.lock` in its folder,
+so a second command (`resume=auto`, the same `hydra.run.dir`) cannot train into it as well.
+
+A launch is one command, which under DDP is several processes (ranks). Rank zero takes the
+lock (an OS file lock, released when the process ends, however it ends) and writes who holds
+it; the other ranks of the same launch recognise it by the launch id, so they follow rank
+zero into the folder instead of being turned away.
+"""
+
+import fcntl
+import json
+import os
+import socket
+import time
+import uuid
+from pathlib import Path
+from typing import IO
+
+from pytorch_lightning.utilities.rank_zero import rank_zero_only
+
+from fer_lab.core.errors import ConfigError
+
+LOCK_FILE = "run.lock"
+# Rank zero's launch id, inherited by the ranks Lightning starts by re-running the command.
+LAUNCH_ENV = "FER_LAB_LAUNCH_ID"
+# How long a rank > 0 waits for its rank zero to take over a lock a dead launch left.
+FOLLOW_TIMEOUT_S = 30.0
+
+_held: dict[Path, IO[str]] = {}  # open lock files: closing one releases its lock
+
+
+class RunInUseError(ConfigError):
+    """Another live command is training this run."""
+
+
+def global_rank() -> int:
+    """This process's rank, known from the launcher's environment before any process group."""
+    return int(rank_zero_only.rank)
+
+
+def launch_id() -> str:
+    """The same string in every rank of one launch, another in every other launch."""
+    if global_rank() > 0 and os.environ.get(LAUNCH_ENV):
+        return os.environ[LAUNCH_ENV]
+    if int(os.environ.get("SLURM_NTASKS", "1")) > 1 and "SLURM_STEP_ID" in os.environ:
+        launch = f"slurm-{os.environ['SLURM_JOB_ID']}.{os.environ['SLURM_STEP_ID']}"
+    elif "TORCHELASTIC_RUN_ID" in os.environ:
+        where = f"{os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')}"
+        launch = f"torchrun-{os.environ['TORCHELASTIC_RUN_ID']}-{where}"
+    else:
+        launch = os.environ[LAUNCH_ENV] = uuid.uuid4().hex  # before Lightning starts the ranks
+    return launch
+
+
+def claim(folder: Path) -> None:
+    """Make this launch the run's only trainer: rank zero locks `folder`, other ranks check
+    that the lock is their rank zero's. Raises RunInUseError if another launch holds it."""
+    if global_rank() == 0:
+        _lock(folder)
+    else:
+        _follow(folder)
+
+
+def _lock(folder: Path) -> None:
+    if folder in _held:
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    handle = (folder / LOCK_FILE).open("a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = _parse(handle.read())
+        handle.close()
+        raise RunInUseError(_in_use(folder, holder)) from None
+    handle.seek(0)
+    handle.truncate()
+    holder = {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "launch": launch_id(),
+        "since": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+    handle.write(json.dumps(holder))
+    handle.flush()
+    _held[folder] = handle
+
+
+def _follow(folder: Path) -> None:
+    ours = launch_id()
+    deadline = time.monotonic() + FOLLOW_TIMEOUT_S
+    while True:
+        holder = _read(folder)
+        if not holder or holder.get("launch") == ours or not _alive(holder):
+            return  # free, ours, or left by a dead launch that our rank zero is taking over
+        if time.monotonic() > deadline:
+            raise RunInUseError(_in_use(folder, holder))
+        time.sleep(0.5)
+
+
+def _read(folder: Path) -> dict:
+    path = folder / LOCK_FILE
+    return _parse(path.read_text()) if path.is_file() else {}
+
+
+def _parse(text: str) -> dict:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return {}
+
+
+def _alive(holder: dict) -> bool:
+    """Whether the lock holder still runs; on another host the lock's word is taken."""
+    if holder.get("host") != socket.gethostname():
+        return True
+    try:
+        os.kill(int(holder["pid"]), 0)
+    except (ProcessLookupError, KeyError, ValueError):
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _in_use(folder: Path, holder: dict) -> str:
+    who = (
+        f"process {holder['pid']} on {holder['host']} (since {holder.get('since', '?')})"
+        if holder
+        else "another process"
+    )
+    return (
+        f"{folder} is being trained by {who}: two commands on one run would train into the "
+        "same checkpoints and MLflow run. Wait for it to end, or stop it (kill -TERM "
+        f"{holder.get('pid', '<pid>')}) and continue it with resume=auto; for a separate run, "
+        "give this command another hydra.run.dir"
+    )
