@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from fer_lab.core.config_checks import check_choices, check_classes, check_values
+from fer_lab.core.config_checks import check_choices, check_classes, check_launch, check_values
 from fer_lab.core.errors import ConfigError
 from fer_lab.models import ConvNet0
 from fer_lab.models.base import check_forward
@@ -89,3 +89,22 @@ def test_cli_reports_config_errors_without_traceback(
     assert result.returncode == 2, output[-3000:]
     assert message in output
     assert "Traceback" not in output
+
+
+def test_ddp_on_cpus_trains_in_fp32_without_sync_batchnorm() -> None:
+    cpu = composed("trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2")
+    assert (cpu.trainer.precision, cpu.trainer.sync_batchnorm) == ("32-true", False)
+    gpu = composed("trainer=ddp")
+    assert (gpu.trainer.precision, gpu.trainer.sync_batchnorm) == ("bf16-mixed", True)
+
+
+def test_ddp_combinations_that_cannot_work_are_refused() -> None:
+    compiled = composed("trainer=ddp", "speed.compile=true")
+    with pytest.raises(ConfigError, match=r"trainer\.sync_batchnorm=false"):
+        check_launch(compiled, multirun=False, environ={})
+    ddp = composed("trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2")
+    check_launch(ddp, multirun=False, environ={})
+    with pytest.raises(ConfigError, match=r"hydra\.launcher\.tasks_per_node=N"):
+        check_launch(ddp, multirun=True, environ={})
+    check_launch(ddp, multirun=True, environ={"SLURM_NTASKS": "2"})  # a trial's SLURM tasks
+    check_launch(composed("trainer=gpu"), multirun=True, environ={})

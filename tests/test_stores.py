@@ -412,3 +412,55 @@ def test_set_status_outlasts_finalize_and_running_reopens(make_logger, store_uri
     assert client.get_run(logger.run_id).info.status == "FINISHED"
     with pytest.raises(Exception, match="run status"):
         logger.set_status("DONE")
+
+
+def test_a_resumed_logger_sends_what_the_killed_process_left_first(
+    make_logger, store_uri: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    outage = Outage(monkeypatch)
+    killed = make_logger()
+    killed.log_metrics({"loss": 1.0}, step=0)
+    outage.down = True
+    killed.log_metrics({"loss": 0.5}, step=1)  # the process dies with this in the file
+    outage.down = False
+    from fer_lab.tracking.mlflow_logger import FERMLflowLogger
+
+    resumed = FERMLflowLogger(
+        experiment_name=killed._experiment_name,
+        tracking_uri=store_uri,
+        run_id=killed.run_id,
+        undelivered_path=killed.undelivered_path,
+    )
+    resumed.log_metrics({"loss": 0.5}, step=1)  # the repeated epoch: already in the run
+    resumed.log_metrics({"loss": 0.25}, step=2)
+    history = MlflowClient(store_uri).get_metric_history(killed.run_id, "loss")
+    assert sorted((m.step, m.value) for m in history) == [(0, 1.0), (1, 0.5), (2, 0.25)]
+    assert not killed.undelivered_path.exists()
+
+
+def test_replay_command_delivers_a_finished_process_leftovers(
+    make_logger, store_uri: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    outage = Outage(monkeypatch)
+    logger = make_logger()
+    outage.down = True
+    for step in range(3):
+        logger.log_metrics({"loss": 1.0 / (step + 1)}, step=step)
+    logger.set_status("KILLED", reason="stopped by a signal")
+    logger.finalize("success")
+    assert logger.undelivered_path.exists()
+    run_dir = logger.undelivered_path.parent
+    command = [sys.executable, "-m", "fer_lab.tracking.replay", str(run_dir)]
+    no_uri = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    missing = subprocess.run(command, capture_output=True, text=True, timeout=120, env=no_uri)
+    assert missing.returncode == 2 and "--tracking-uri" in missing.stderr
+    done = subprocess.run(
+        [*command, "--tracking-uri", store_uri], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    client = MlflowClient(store_uri)
+    assert len(client.get_metric_history(logger.run_id, "loss")) == 3
+    run = client.get_run(logger.run_id)
+    assert run.info.status == "KILLED"
+    assert run.data.tags["fer_lab.failure_reason"] == "stopped by a signal"
+    assert not logger.undelivered_path.exists()

@@ -68,9 +68,13 @@ class FERMLflowLogger(MLFlowLogger):
         self._dropped: list[dict[str, Any]] = []  # rejected on retry: reported, never resent
         self._failed_at = 0.0
         self._final_status: str | None = None
-        # Per metric, the last step the run holds; for a resumed run read from the store.
-        self._last_step: dict[str, int | None] = {}
-        self._resumed = self._run_id is not None
+        # Per metric, the last step the run holds (or will, once `_pending` is delivered); a
+        # resumed run reads each metric's from the store when it first logs it.
+        self._last_step: dict[str, int] = {}
+        self._read_from_store: set[str] | None = set() if self._run_id is not None else None
+        for item in self._pending:
+            for key, _, _, step in item.get("metrics", []):
+                self._note_step(key, step)
 
     def _left_undelivered(self) -> list[dict[str, Any]]:
         """What an earlier process of this run could not deliver (one item per line)."""
@@ -139,19 +143,23 @@ class FERMLflowLogger(MLFlowLogger):
 
     def _is_new(self, key: str, step: int) -> bool:
         """Whether the run lacks `key` at `step`; if so, it is taken as logged from now on."""
-        if key not in self._last_step and self._resumed:
+        if self._read_from_store is not None and key not in self._read_from_store:
             try:
                 history = self._mlflow_client.get_metric_history(self.run_id, key)
-                self._last_step[key] = max((m.step for m in history), default=None)
             except Exception as error:
                 if not is_connectivity_error(error):
                     raise
                 return True  # unknown while the store is down: deliver (and buffer) it
-        last = self._last_step.get(key)
-        if last is not None and step <= last:
+            self._read_from_store.add(key)
+            for metric in history:
+                self._note_step(key, metric.step)
+        if step <= self._last_step.get(key, -1):
             return False
         self._last_step[key] = step
         return True
+
+    def _note_step(self, key: str, step: int) -> None:
+        self._last_step[key] = max(step, self._last_step.get(key, step))
 
     @rank_zero_only
     def set_tags(self, tags: Mapping[str, Any]) -> None:

@@ -23,8 +23,13 @@ from fer_lab.sweeps.pruning import OptunaPruning
 from fer_lab.tracking.run_config import log_run_config, log_skipped_data
 from fer_lab.tracking.run_logger import build_logger, mark_run
 from fer_lab.training.module import FERLitModule
-from fer_lab.training.resume import check_extension, find_resume_point, write_state
-from fer_lab.training.run_lock import claim, global_rank
+from fer_lab.training.resume import (
+    ResumePoint,
+    check_extension,
+    find_resume_point,
+    write_state,
+)
+from fer_lab.training.run_lock import claimed, global_rank
 from fer_lab.training.stopping import NonFiniteLossError
 
 log = logging.getLogger(__name__)
@@ -114,7 +119,11 @@ def fit_and_test(cfg: DictConfig) -> float:
     test. Under DDP every rank runs this; rank zero alone writes the run's state and logs.
     """
     resume = find_resume_point(cfg)
-    claim(resume.output_dir if resume else Path(cfg.paths.output_dir))
+    with claimed(resume.output_dir if resume else Path(cfg.paths.output_dir)):
+        return _fit_and_test(cfg, resume)
+
+
+def _fit_and_test(cfg: DictConfig, resume: ResumePoint | None) -> float:
     if resume is not None:
         check_extension(resume, cfg.trainer.max_epochs, HydraConfig.get().runtime.choices.scheduler)
         cfg.paths.output_dir = str(resume.output_dir)

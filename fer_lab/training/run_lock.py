@@ -13,6 +13,8 @@ import os
 import socket
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
@@ -52,18 +54,23 @@ def launch_id() -> str:
     return launch
 
 
-def claim(folder: Path) -> None:
-    """Make this launch the run's only trainer: rank zero locks `folder`, other ranks check
-    that the lock is their rank zero's. Raises RunInUseError if another launch holds it."""
-    if global_rank() == 0:
-        _lock(folder)
-    else:
+@contextmanager
+def claimed(folder: Path) -> Iterator[None]:
+    """This launch as the run's only trainer while the block runs: rank zero locks `folder`,
+    other ranks check that the lock is their rank zero's. Raises RunInUseError if another
+    launch holds it."""
+    if global_rank() != 0:
         _follow(folder)
+        yield
+        return
+    _lock(folder)
+    try:
+        yield
+    finally:
+        _held.pop(folder).close()  # in-process sweeps run many jobs: free each when it ends
 
 
 def _lock(folder: Path) -> None:
-    if folder in _held:
-        return
     folder.mkdir(parents=True, exist_ok=True)
     handle = (folder / LOCK_FILE).open("a+")
     try:
