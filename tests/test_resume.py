@@ -136,29 +136,38 @@ def test_seeded_cpu_runs_repeat_exactly(tmp_path: Path, mlflow_client) -> None:
     assert len(histories[0]["train/loss"]) == 2
 
 
-def kill_at(point: str, tmp_path: Path) -> list[str]:
-    node = "+callbacks.fault"
-    return [
-        f"{node}._target_=tests.faults.KillAt",
-        f"{node}.point={point}",
-        f"{node}.epoch=2",
-        f"{node}.marker={tmp_path / 'fault_fired'}",
-    ]
+KILL_POINTS = ("epoch_start", "artifact_upload", "test_batch", "test_end")
+
+
+def kill_at_each_point(tmp_path: Path) -> list[str]:
+    """A tests.faults.KillAt per point: each launch dies at the next one."""
+    overrides = []
+    for point in KILL_POINTS:
+        node = f"+callbacks.kill_{point}"
+        overrides += [
+            f"{node}._target_=tests.faults.KillAt",
+            f"{node}.point={point}",
+            f"{node}.epoch=2",
+            f"{node}.marker={tmp_path / point}",
+        ]
+    return overrides
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("point", ["epoch_start", "artifact_upload", "test_batch", "test_end"])
-def test_kill_9_at_any_point_resumes_to_what_an_uninterrupted_run_gives(
-    tmp_path: Path, mlflow_client, point: str
+def test_kill_9_at_every_point_after_training_resumes_to_an_uninterrupted_result(
+    tmp_path: Path, mlflow_client
 ) -> None:
-    """Between two epochs, mid-artifacts after the fit, during the test, after the test's
-    metrics were logged: `resume=auto` ends with one FINISHED run, every epoch and the test
-    once, and all artifacts."""
-    first = run_cli(tmp_path, *COMMAND, *kill_at(point, tmp_path))
-    assert first.returncode == -9, first.stderr[-3000:]
-    second = run_cli(tmp_path, *COMMAND, *kill_at(point, tmp_path), "resume=auto")
-    output = second.stdout + second.stderr
-    assert second.returncode == 0 and "Traceback" not in output, output[-3000:]
+    """SIGKILL between two epochs, mid-artifacts after the fit, during the test, and after
+    the test's metrics were logged, each followed by `resume=auto`: one FINISHED run, every
+    epoch and the test once, and all artifacts."""
+    command = [*COMMAND, *kill_at_each_point(tmp_path)]
+    for point in KILL_POINTS:
+        killed = run_cli(tmp_path, *command, "resume=auto")
+        assert killed.returncode == -9, (point, killed.stderr[-3000:])
+        assert (tmp_path / point).exists()  # it died where it was meant to
+    finished = run_cli(tmp_path, *command, "resume=auto")
+    output = finished.stdout + finished.stderr
+    assert finished.returncode == 0 and "Traceback" not in output, output[-3000:]
     client = mlflow_client()
     run = only_run(client)
     assert run.info.status == "FINISHED"

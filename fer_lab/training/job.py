@@ -29,7 +29,7 @@ from fer_lab.training.resume import (
     find_resume_point,
     write_state,
 )
-from fer_lab.training.run_lock import claimed, global_rank
+from fer_lab.training.run_lock import claimed, is_rank_zero
 from fer_lab.training.stopping import NonFiniteLossError
 
 log = logging.getLogger(__name__)
@@ -134,7 +134,7 @@ def _fit_and_test(cfg: DictConfig, resume: ResumePoint | None) -> float:
         check_classes(resume.classes, job.datamodule.classes, resume.checkpoint)
     datamodule, module, logger, trainer = job.datamodule, job.module, job.logger, job.trainer
     pruning = next((c for c in trainer.callbacks if isinstance(c, OptunaPruning)), None)
-    if resume is None and global_rank() == 0:
+    if resume is None and is_rank_zero():
         log_run_config(logger, cfg, module.net)
         log_skipped_data(logger, datamodule.splits.skipped, cfg.paths.output_dir)
     elif resume is not None:

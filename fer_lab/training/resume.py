@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from fer_lab.core.errors import ConfigError
 from fer_lab.training.checkpoint_io import load_checkpoint
-from fer_lab.training.run_lock import global_rank
+from fer_lab.training.run_lock import is_rank_zero
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ class ResumePoint:
 def write_state(output_dir: str | Path, status: str, mlflow_run_id: str | None) -> None:
     """Record the run's status ('running', 'stopped', 'failed', 'finished') atomically; rank
     zero's to write (the other ranks of a DDP run know no MLflow run id)."""
-    if global_rank() != 0:
+    if not is_rank_zero():
         return
     path = Path(output_dir) / STATE_FILE
     path.parent.mkdir(parents=True, exist_ok=True)

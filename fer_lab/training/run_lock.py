@@ -35,23 +35,27 @@ class RunInUseError(ConfigError):
     """Another live command is training this run."""
 
 
-def global_rank() -> int:
-    """This process's rank, known from the launcher's environment before any process group."""
-    return int(rank_zero_only.rank)
+def is_rank_zero() -> bool:
+    """Whether this is the launch's first process, known from the launcher's environment
+    before any process group exists (on a node after the first, NODE_RANK says so)."""
+    return rank_zero_only.rank == 0 and int(os.environ.get("NODE_RANK", "0")) == 0
 
 
 def launch_id() -> str:
     """The same string in every rank of one launch, another in every other launch."""
-    if global_rank() > 0 and os.environ.get(LAUNCH_ENV):
-        return os.environ[LAUNCH_ENV]
-    if int(os.environ.get("SLURM_NTASKS", "1")) > 1 and "SLURM_STEP_ID" in os.environ:
-        launch = f"slurm-{os.environ['SLURM_JOB_ID']}.{os.environ['SLURM_STEP_ID']}"
-    elif "TORCHELASTIC_RUN_ID" in os.environ:
-        where = f"{os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')}"
-        launch = f"torchrun-{os.environ['TORCHELASTIC_RUN_ID']}-{where}"
+    env = os.environ
+    if not is_rank_zero() and env.get(LAUNCH_ENV):
+        return env[LAUNCH_ENV]  # started by a rank zero (Lightning's launcher) that set it
+    if int(env.get("SLURM_NTASKS", "1")) > 1 and "SLURM_STEP_ID" in env:
+        return f"slurm-{env['SLURM_JOB_ID']}.{env['SLURM_STEP_ID']}"
+    where = f"{env.get('MASTER_ADDR')}:{env.get('MASTER_PORT')}"
+    if "TORCHELASTIC_RUN_ID" in env:
+        return f"torchrun-{env['TORCHELASTIC_RUN_ID']}-{where}"
+    if "NODE_RANK" in env and "MASTER_PORT" in env:  # Lightning's nodes started by hand
+        env[LAUNCH_ENV] = f"nodes-{where}"
     else:
-        launch = os.environ[LAUNCH_ENV] = uuid.uuid4().hex  # before Lightning starts the ranks
-    return launch
+        env[LAUNCH_ENV] = uuid.uuid4().hex  # before Lightning starts this node's other ranks
+    return env[LAUNCH_ENV]
 
 
 @contextmanager
@@ -59,7 +63,7 @@ def claimed(folder: Path) -> Iterator[None]:
     """This launch as the run's only trainer while the block runs: rank zero locks `folder`,
     other ranks check that the lock is their rank zero's. Raises RunInUseError if another
     launch holds it."""
-    if global_rank() != 0:
+    if not is_rank_zero():
         _follow(folder)
         yield
         return
