@@ -47,8 +47,8 @@ format: install
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-ui: install  ## MLflow UI on the local store at http://127.0.0.1:5000
-	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --workers 1 --host 127.0.0.1 --port 5000
+ui: install  ## MLflow UI on ./mlflow.db; prints each experiment's link to its runs table
+	$(BIN)/python -m fer_lab.tracking.ui_view --backend-store-uri sqlite:///mlflow.db --workers 1 --host 127.0.0.1 --port 5000
 
 clean:
 	rm -rf logs mlruns .pytest_cache .ruff_cache build dist *.egg-info

@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import optuna
+import pandas as pd
 import pytest
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
@@ -84,6 +85,12 @@ def test_sweep_records_trials_and_resumes_to_the_new_total(tmp_path: Path, mlflo
     parents, children = sweep_runs(mlflow_client())
     assert len(parents) == 1 and len(children) == 6
     assert len(list(sweep_dir.glob("trial_*"))) == 6
+    client = mlflow_client()
+    local = client.download_artifacts(parents[0].info.run_id, "leaderboard", str(tmp_path))
+    table = pd.read_csv(Path(local) / "leaderboard.csv")
+    assert len(table) == 6 and set(table["status"]) == {"COMPLETE"}
+    assert list(table["val/acc_best"]) == sorted(table["val/acc_best"], reverse=True)
+    assert table["test/acc"].isna().all()  # sweeps select on val only
 
 
 @pytest.mark.slow

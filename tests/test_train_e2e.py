@@ -7,7 +7,10 @@ import sys
 import zipfile
 from pathlib import Path
 
+import pandas as pd
 import pytest
+
+from fer_lab.tracking.run_identity import PARENT_RUN_ENV
 
 from .helpers import REPO_ROOT, run_train
 
@@ -129,6 +132,46 @@ def test_multirun_runs_are_grouped_under_a_parent(tmp_path: Path, mlflow_client)
     assert sorted(r.data.tags["model"] for r in jobs) == ["cntk_simple", "convnet0"]
     assert {r.data.tags["mlflow.parentRunId"] for r in jobs} == {parent.info.run_id}
     assert all(r.info.status == "FINISHED" for r in runs)
+    # The grid's leaderboard on the parent run: a row per job, best val/acc_best first.
+    files = {a.path for a in client.list_artifacts(parent.info.run_id, "leaderboard")}
+    assert files == {
+        f"leaderboard/{name}"
+        for name in ("leaderboard.csv", "leaderboard.md", "ranking.png", "val_curves.png")
+    }
+    local = Path(client.download_artifacts(parent.info.run_id, "leaderboard", str(tmp_path)))
+    table = pd.read_csv(local / "leaderboard.csv")
+    assert sorted(table["model"]) == ["cntk_simple", "convnet0"]
+    assert list(table["val/acc_best"]) == sorted(table["val/acc_best"], reverse=True)
+    assert set(table["status"]) == {"FINISHED"} and set(table["epochs"]) == {1}
+    assert table["params"].gt(0).all() and table["wall_s"].gt(0).all()
+    assert table["test/acc"].between(0, 1).all()
+    printed = subprocess.run(
+        [sys.executable, "-m", "fer_lab.tracking.leaderboard", "--parent", parent.info.run_id],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"},
+    )
+    assert printed.returncode == 0, printed.stderr[-2000:]
+    rows = [line for line in printed.stdout.splitlines() if line.startswith(("| 1 |", "| 2 |"))]
+    assert len(rows) == 2 and "%" in rows[0]
+
+
+def test_a_child_run_updates_its_parents_leaderboard_when_it_ends(
+    tmp_path: Path, mlflow_client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As a grid job or trial does on any machine, before the grid or sweep itself ends."""
+    client = mlflow_client()
+    experiment = client.create_experiment("synthetic")
+    parent = client.create_run(experiment, run_name="sweep elsewhere").info.run_id
+    monkeypatch.setenv(PARENT_RUN_ENV, parent)
+    run_train(tmp_path, "model=convnet0", "trainer=debug", *SMALL)
+    local = client.download_artifacts(parent, "leaderboard", str(tmp_path))
+    (row,) = pd.read_csv(Path(local) / "leaderboard.csv").to_dict("records")
+    assert row["model"] == "convnet0" and row["status"] == "FINISHED"
+    assert "ranking.png" in {
+        Path(a.path).name for a in client.list_artifacts(parent, "leaderboard")
+    }
 
 
 def test_csv_logger_keeps_metrics_and_confusion_matrices_locally(tmp_path: Path) -> None:

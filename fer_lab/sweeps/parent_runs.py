@@ -17,14 +17,18 @@ from optuna.distributions import BaseDistribution
 from optuna.trial import TrialState
 
 from fer_lab.tracking.mlflow_store import prepare_tracking_store
-from fer_lab.tracking.run_identity import PARENT_RUN_ENV, logs_to_mlflow
+from fer_lab.tracking.run_identity import PARENT_RUN_ENV, SWEEP_TAG, logs_to_mlflow
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
 
 log = logging.getLogger(__name__)
 
-SWEEP_TAG = "fer_lab.sweep"
+
+def publish_leaderboard(client: "MlflowClient", run_id: str) -> None:
+    from fer_lab.tracking.leaderboard import publish
+
+    publish(client, run_id)
 
 
 class SweepRun:
@@ -47,7 +51,10 @@ class SweepRun:
     ) -> "SweepRun":
         if not logs_to_mlflow(config):
             return cls()
-        from mlflow import MlflowClient  # only for a sweep: every `python -m` start stays light
+        # Only for a sweep: every `python -m` start, which imports this module, stays light.
+        from mlflow import MlflowClient
+
+        from fer_lab.tracking.ui_view import add_key_metrics_view
 
         prepare_tracking_store(config.logger.tracking_uri)
         client = MlflowClient(config.logger.tracking_uri)
@@ -58,6 +65,7 @@ class SweepRun:
             if experiment
             else client.create_experiment(name, config.logger.get("artifact_location"))
         )
+        add_key_metrics_view(client, experiment_id)
         existing = client.search_runs(
             [experiment_id], filter_string=f"tags.`{SWEEP_TAG}` = '{study_name}'", max_results=1
         )
@@ -114,6 +122,7 @@ class SweepRun:
             self._log_plots(study, len(completed))
         if best_yaml is not None:
             self.client.log_artifact(self.run_id, str(best_yaml))
+        publish_leaderboard(self.client, self.run_id)
         self.client.set_terminated(self.run_id, status="FAILED" if failed else "FINISHED")
 
     def _log_plots(self, study: optuna.Study, completed: int) -> None:
@@ -157,5 +166,6 @@ class GroupGridRuns(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         if self.sweep_run.client is not None:
+            publish_leaderboard(self.sweep_run.client, self.sweep_run.run_id)
             self.sweep_run.client.set_terminated(self.sweep_run.run_id)
             os.environ.pop(PARENT_RUN_ENV, None)

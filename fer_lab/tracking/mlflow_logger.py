@@ -35,6 +35,7 @@ from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
 from fer_lab.core.errors import TrackingError
 from fer_lab.tracking.mlflow_store import is_connectivity_error, prepare_tracking_store
+from fer_lab.tracking.ui_view import add_key_metrics_view
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +99,11 @@ class FERMLflowLogger(MLFlowLogger):
         return len(self._pending) + len(self._dropped)
 
     @property
+    def has_run(self) -> bool:
+        """Whether the MLflow run exists yet (reading `run_id` or `experiment` creates it)."""
+        return self._initialized
+
+    @property
     @rank_zero_experiment
     def experiment(self) -> MlflowClient:
         """PL's lazy run creation; the experiment lookup tolerates parallel trials creating it."""
@@ -110,7 +116,9 @@ class FERMLflowLogger(MLFlowLogger):
         found = client.get_experiment_by_name(name)
         if found is None:
             try:
-                return client.create_experiment(name, artifact_location=self._artifact_location)
+                created = client.create_experiment(name, artifact_location=self._artifact_location)
+                add_key_metrics_view(client, created)
+                return created
             except MlflowException as error:
                 if error.error_code != "RESOURCE_ALREADY_EXISTS":
                     raise
@@ -120,6 +128,7 @@ class FERMLflowLogger(MLFlowLogger):
                 f"MLflow experiment {name!r} is deleted: restore it (`mlflow experiments restore "
                 f"--experiment-id {found.experiment_id}`) or set logger.experiment_name."
             )
+        add_key_metrics_view(client, found.experiment_id)
         return found.experiment_id
 
     @rank_zero_only

@@ -15,6 +15,8 @@ from fer_lab.tracking.provenance import describe_hardware, git_commit
 
 # How a grid multirun's parent run id reaches its jobs (in-process or in launcher workers).
 PARENT_RUN_ENV = "FER_LAB_PARENT_RUN_ID"
+# On a parent run: the name of its study or grid.
+SWEEP_TAG = "fer_lab.sweep"
 
 
 def logs_to_mlflow(config: DictConfig) -> bool:

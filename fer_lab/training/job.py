@@ -21,7 +21,7 @@ from fer_lab.data import FERDataModule
 from fer_lab.models.base import check_forward
 from fer_lab.sweeps.pruning import OptunaPruning
 from fer_lab.tracking.run_config import log_run_config, log_skipped_data
-from fer_lab.tracking.run_logger import build_logger, mark_run
+from fer_lab.tracking.run_logger import build_logger, mark_run, update_parent_leaderboard
 from fer_lab.training.module import FERLitModule
 from fer_lab.training.resume import (
     ResumePoint,
@@ -120,16 +120,20 @@ def fit_and_test(cfg: DictConfig) -> float:
     """
     resume = find_resume_point(cfg)
     with claimed(resume.output_dir if resume else Path(cfg.paths.output_dir)):
-        return _fit_and_test(cfg, resume)
+        if resume is not None:
+            scheduler = HydraConfig.get().runtime.choices.scheduler
+            check_extension(resume, cfg.trainer.max_epochs, scheduler)
+            cfg.paths.output_dir = str(resume.output_dir)
+            log.info("Resuming %s from %s", resume.output_dir, resume.checkpoint)
+        pl.seed_everything(cfg.seed, workers=True)
+        job = build_job(cfg, run_id=resume.mlflow_run_id if resume else None)
+        try:
+            return _run(cfg, resume, job)
+        finally:
+            update_parent_leaderboard(job.logger)  # a grid's or sweep's standings
 
 
-def _fit_and_test(cfg: DictConfig, resume: ResumePoint | None) -> float:
-    if resume is not None:
-        check_extension(resume, cfg.trainer.max_epochs, HydraConfig.get().runtime.choices.scheduler)
-        cfg.paths.output_dir = str(resume.output_dir)
-        log.info("Resuming %s from %s", resume.output_dir, resume.checkpoint)
-    pl.seed_everything(cfg.seed, workers=True)
-    job = build_job(cfg, run_id=resume.mlflow_run_id if resume else None)
+def _run(cfg: DictConfig, resume: ResumePoint | None, job: TrainingJob) -> float:
     if resume is not None:
         check_classes(resume.classes, job.datamodule.classes, resume.checkpoint)
     datamodule, module, logger, trainer = job.datamodule, job.module, job.logger, job.trainer

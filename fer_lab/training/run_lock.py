@@ -44,17 +44,19 @@ def is_rank_zero() -> bool:
 def launch_id() -> str:
     """The same string in every rank of one launch, another in every other launch."""
     env = os.environ
-    if not is_rank_zero() and env.get(LAUNCH_ENV):
-        return env[LAUNCH_ENV]  # started by a rank zero (Lightning's launcher) that set it
     if int(env.get("SLURM_NTASKS", "1")) > 1 and "SLURM_STEP_ID" in env:
         return f"slurm-{env['SLURM_JOB_ID']}.{env['SLURM_STEP_ID']}"
     where = f"{env.get('MASTER_ADDR')}:{env.get('MASTER_PORT')}"
     if "TORCHELASTIC_RUN_ID" in env:
         return f"torchrun-{env['TORCHELASTIC_RUN_ID']}-{where}"
+    if int(env.get("LOCAL_RANK", "0")) > 0 and env.get(LAUNCH_ENV):
+        return env[LAUNCH_ENV]  # a rank that this node's rank zero started (Lightning)
     if "NODE_RANK" in env and "MASTER_PORT" in env:  # Lightning's nodes started by hand
         env[LAUNCH_ENV] = f"nodes-{where}"
     else:
-        env[LAUNCH_ENV] = uuid.uuid4().hex  # before Lightning starts this node's other ranks
+        # Set before Lightning starts this node's other ranks, which inherit it; any value
+        # inherited from elsewhere is replaced.
+        env[LAUNCH_ENV] = uuid.uuid4().hex
     return env[LAUNCH_ENV]
 
 
