@@ -69,3 +69,26 @@ def test_weighted_cross_entropy_matches_torch_with_hand_computed_weights() -> No
     assert loss(logits, labels).item() == pytest.approx(by_hand, rel=1e-6)
     # and not the unweighted mean
     assert by_hand != pytest.approx(sum(nll) / 4, rel=1e-3)
+
+
+@pytest.mark.parametrize(("model", "regularized"), [("tf_emotion_cnn", True), ("convnet0", False)])
+def test_logged_losses_are_data_losses_and_the_l2_term_is_logged_apart(
+    model: str, regularized: bool
+) -> None:
+    """val/test/train loss stay comparable with a plain cross-entropy; seed 001's L2 term is
+    optimised and logged as train/reg_loss."""
+    from .test_gpu_path import training_module
+
+    module = training_module(model).eval()  # one dropout-free forward for both losses
+    logged: dict[str, object] = {}
+    module.log = lambda name, value, **kwargs: logged.__setitem__(name, value)
+    images, labels = torch.rand(4, 1, 48, 48), torch.tensor([0, 1, 2, 3])
+    objective = module.training_step((images, labels), 0)
+    data_loss = torch.nn.functional.cross_entropy(module(images), labels)
+    assert module.mean_loss["train_loss"].compute() == pytest.approx(float(data_loss), rel=1e-5)
+    if regularized:
+        l2 = float(logged["train/reg_loss"])
+        assert l2 > 0 and float(objective) == pytest.approx(float(data_loss) + l2, rel=1e-5)
+    else:
+        assert "train/reg_loss" not in logged
+        assert float(objective) == pytest.approx(float(data_loss), rel=1e-5)

@@ -87,7 +87,7 @@ def test_ddp_under_srun_is_one_run_with_each_epoch_once(
         "PYTHONPATH": str(REPO_ROOT),
     }
     srun = ["srun", "-N1", "--ntasks-per-node=2", "--cpus-per-task=1", "--time=10"]
-    command = [*srun, sys.executable, "-m", "fer_lab.train", *DDP, "trainer.max_epochs=2"]
+    command = [*srun, sys.executable, "-m", "fer_lab.train", *DDP, "trainer.max_epochs=1"]
     done = subprocess.run(
         command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
     )
@@ -98,7 +98,7 @@ def test_ddp_under_srun_is_one_run_with_each_epoch_once(
     assert run.info.status == "FINISHED"
     for name in ("train/loss", "val/acc", "test/acc"):
         steps = [m.step for m in client.get_metric_history(run.info.run_id, name)]
-        assert len(steps) == (1 if name == "test/acc" else 2), (name, steps)
+        assert len(steps) == 1, (name, steps)
 
 
 @pytest.mark.slow

@@ -464,3 +464,12 @@ def test_replay_command_delivers_a_finished_process_leftovers(
     assert run.info.status == "KILLED"
     assert run.data.tags["fer_lab.failure_reason"] == "stopped by a signal"
     assert not logger.undelivered_path.exists()
+
+
+def test_a_mangled_undelivered_file_is_named_not_dropped(make_logger) -> None:
+    logger = make_logger()
+    logger.undelivered_path.parent.mkdir(parents=True, exist_ok=True)
+    logger.undelivered_path.write_text('{"run_id": "x", "kind": "batch"}\n{"run_id": \n')
+    with pytest.raises(TrackingError, match=r"mlflow_undelivered\.jsonl, line 2: not a JSON"):
+        make_logger()
+    assert logger.undelivered_path.read_text().endswith('{"run_id": \n')  # left as it was

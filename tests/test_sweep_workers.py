@@ -54,7 +54,8 @@ def states(storage: str) -> list[TrialState]:
     return [t.state for t in sorted(trials, key=lambda t: t.number)]
 
 
-@pytest.mark.parametrize("backend", ["journal", "postgresql"])
+# PostgreSQL workers: the killed-worker and other-machines tests below.
+@pytest.mark.parametrize("backend", ["journal"])
 def test_workers_started_together_share_one_study(
     tmp_path: Path, request: pytest.FixtureRequest, mlflow_client, backend: str
 ) -> None:

@@ -94,7 +94,7 @@ def test_sweep_records_trials_and_resumes_to_the_new_total(tmp_path: Path, mlflo
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("launcher", ["basic", "joblib"])
+@pytest.mark.parametrize("launcher", ["basic"])  # in other processes: tests/test_slurm.py
 def test_pruner_stops_hopeless_trials_early(tmp_path: Path, mlflow_client, launcher: str) -> None:
     run_train(
         tmp_path,

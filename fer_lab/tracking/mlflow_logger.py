@@ -1,13 +1,11 @@
 """An MLflow logger that keeps training when the tracking server drops mid-run.
 
-Deliveries that fail because the store is unreachable (connection refused, timeouts, HTTP 5xx)
-are kept in order, in memory and in `undelivered_path`, and sent before the next delivery once
-the server answers again, so a short outage loses nothing. Real errors (a param re-logged with
-another value) still raise. The buffer file lives in the run's output directory: it is per run
-(parallel trials never share one), beside the checkpoints and artifacts that buffered uploads
-point to, and it survives the process: a resumed run's logger sends what an earlier process
-left there before anything new, and `python -m fer_lab.tracking.replay <run dir>` sends it for
-a run that will not be resumed.
+Every delivery goes through a `DeliveryQueue` (deliveries.py): while the store is unreachable
+they wait, in order, in memory and in `undelivered_path`, so a short outage loses nothing. The
+file lives in the run's output directory: it is per run (parallel trials never share one),
+beside the checkpoints and artifacts that waiting uploads point to, and it survives the
+process: a resumed run's logger sends what an earlier process left there before anything new,
+and `python -m fer_lab.tracking.replay <run dir>` sends it for a run that will not be resumed.
 
 A metric is logged once per step: Lightning sends `epoch` with both the validation and the
 training metrics of an epoch, and a resumed run repeats what its killed process may already
@@ -15,7 +13,6 @@ have sent (the interrupted epoch's validation, a test that ran before the kill).
 cannot replace a logged value, so the first one is kept.
 """
 
-import json
 import logging
 import os
 import re
@@ -27,13 +24,14 @@ from typing import Any
 
 from lightning_fabric.utilities.logger import _add_prefix, _convert_params, _flatten_dict
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.entities import RunStatus
 from mlflow.exceptions import MlflowException
 from pytorch_lightning.loggers import MLFlowLogger
 from pytorch_lightning.loggers.logger import rank_zero_experiment
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
 from fer_lab.core.errors import TrackingError
+from fer_lab.tracking.deliveries import DeliveryQueue
 from fer_lab.tracking.mlflow_store import is_connectivity_error, prepare_tracking_store
 from fer_lab.tracking.ui_view import add_key_metrics_view
 
@@ -63,40 +61,30 @@ class FERMLflowLogger(MLFlowLogger):
         if tracking_uri:
             prepare_tracking_store(tracking_uri)
         super().__init__(experiment_name, run_name, tracking_uri, **kwargs)
-        self.undelivered_path = Path(undelivered_path).resolve()
-        self.retry_interval_s = retry_interval_s
-        self._pending = self._left_undelivered()  # to retry, in order
-        self._dropped: list[dict[str, Any]] = []  # rejected on retry: reported, never resent
-        self._failed_at = 0.0
+        self._deliveries = DeliveryQueue(
+            self._mlflow_client,
+            undelivered_path,
+            retry_interval_s,
+            self._log_batch_kwargs,
+            resume=rank_zero_only.rank == 0,  # what an earlier process of this run left
+        )
         self._final_status: str | None = None
-        # Per metric, the last step the run holds (or will, once `_pending` is delivered); a
-        # resumed run reads each metric's from the store when it first logs it.
+        # Per metric, the last step the run holds (or will, once the waiting items are
+        # delivered); a resumed run reads each metric's from the store when it first logs it.
         self._last_step: dict[str, int] = {}
         self._read_from_store: set[str] | None = set() if self._run_id is not None else None
-        for item in self._pending:
+        for item in self._deliveries.pending:
             for key, _, _, step in item.get("metrics", []):
                 self._note_step(key, step)
 
-    def _left_undelivered(self) -> list[dict[str, Any]]:
-        """What an earlier process of this run could not deliver (one item per line)."""
-        if rank_zero_only.rank != 0 or not self.undelivered_path.is_file():
-            return []
-        items = []
-        for number, line in enumerate(self.undelivered_path.read_text().splitlines(), 1):
-            try:
-                items.append(json.loads(line))
-            except json.JSONDecodeError:
-                log.warning("%s line %d is not JSON; left out", self.undelivered_path, number)
-        if items:
-            log.info(
-                "%d undelivered MLflow items from %s go first", len(items), self.undelivered_path
-            )
-        return items
+    @property
+    def undelivered_path(self) -> Path:
+        return self._deliveries.path
 
     def replay(self) -> int:
         """Send what an earlier process left undelivered; returns how many items remain."""
-        self._flush(force=True)
-        return len(self._pending) + len(self._dropped)
+        self._deliveries.flush(force=True)
+        return self._deliveries.remaining
 
     @property
     def has_run(self) -> bool:
@@ -205,7 +193,7 @@ class FERMLflowLogger(MLFlowLogger):
             self._scan_and_log_checkpoints(self._checkpoint_callback)
         status = self._final_status or _PL_STATUS.get(status, status)
         self._deliver({"kind": "status", "status": status}, force=True)
-        count = len(self._dropped) + len(self._pending)
+        count = self._deliveries.remaining
         if not count:
             return
         log.warning(
@@ -218,79 +206,12 @@ class FERMLflowLogger(MLFlowLogger):
         )
         note = f"{count} items not delivered, kept in {self.undelivered_path}"
         try:  # lands when the server answers again (it may have rejected some items)
-            self._send({"run_id": self._run_id, "kind": "batch", "tags": [[UNDELIVERED_TAG, note]]})
+            self._deliveries.send(
+                {"run_id": self._run_id, "kind": "batch", "tags": [[UNDELIVERED_TAG, note]]}
+            )
         except Exception as error:
             if not is_connectivity_error(error):
                 raise
 
     def _deliver(self, item: dict[str, Any], force: bool = False) -> None:
-        """Send `item` after everything still buffered, or buffer it while the store is down."""
-        item = {"run_id": self.run_id, **item}
-        if not self._pending or self._flush(force):
-            try:
-                self._send(item)
-                return
-            except Exception as error:
-                if not is_connectivity_error(error):
-                    raise
-                log.warning(
-                    "MLflow store %s unreachable (%s); training goes on, deliveries wait in %s "
-                    "and are retried every %g s",
-                    self._tracking_uri,
-                    error,
-                    self.undelivered_path,
-                    self.retry_interval_s,
-                )
-                self._failed_at = time.monotonic()
-        self._pending.append(item)
-        self._save()
-
-    def _flush(self, force: bool) -> bool:
-        """Send the buffered items in order; False while the store stays unreachable. An item
-        the store rejects (say, its artifact file is gone) stays in the file, reported."""
-        if not force and time.monotonic() - self._failed_at < self.retry_interval_s:
-            return False
-        count = len(self._pending)
-        while self._pending:
-            try:
-                self._send(self._pending[0])
-            except Exception as error:
-                if is_connectivity_error(error):
-                    self._failed_at = time.monotonic()
-                    self._save()
-                    return False
-                log.error("MLflow rejected a buffered delivery (%s): %s", error, self._pending[0])
-                self._dropped.append(self._pending[0])
-            self._pending.pop(0)
-        log.info("MLflow store %s is back: %d buffered items retried", self._tracking_uri, count)
-        self._save()
-        return True
-
-    def _save(self) -> None:
-        """Mirror what is undelivered to the file (gone once everything went through)."""
-        items = self._dropped + self._pending
-        if not items:
-            self.undelivered_path.unlink(missing_ok=True)
-            return
-        self.undelivered_path.parent.mkdir(parents=True, exist_ok=True)
-        draft = self.undelivered_path.with_suffix(".tmp")  # replaced whole: a crash keeps one
-        draft.write_text("".join(json.dumps(item) + "\n" for item in items))
-        draft.replace(self.undelivered_path)
-
-    def _send(self, item: dict[str, Any]) -> None:
-        client, run_id = self._mlflow_client, item["run_id"]
-        if item["kind"] == "artifact":
-            client.log_artifact(run_id, item["path"], item["artifact_path"])
-        elif item["kind"] == "status":
-            if RunStatus.is_terminated(RunStatus.from_string(item["status"])):
-                client.set_terminated(run_id, item["status"])
-            else:
-                client.update_run(run_id, status=item["status"])
-        else:
-            client.log_batch(
-                run_id,
-                metrics=[Metric(*row) for row in item.get("metrics", [])],
-                params=[Param(*row) for row in item.get("params", [])],
-                tags=[RunTag(*row) for row in item.get("tags", [])],
-                **self._log_batch_kwargs,
-            )
+        self._deliveries.deliver({"run_id": self.run_id, **item}, force)
