@@ -194,7 +194,7 @@ def test_bench_runs_and_reports_every_field(tmp_path: Path) -> None:
     result, stdout = run_bench(
         tmp_path, "--models", "convnet0", "--steps", "2", "--warmup", "1", "--repeats", "1",
         "--pipeline-batches", "2", "--sweep", "2", "--sweep-model", "convnet0",
-        "--sweep-epochs", "1", "--sweep-schedules", "batches",
+        "--sweep-epochs", "1", "--sweep-schedules=batches",
     )  # fmt: skip
     assert result["loading"]["load_first_s"] > 0
     pipelines = {(r["pipeline"], r["augmentation"]) for r in result["pipelines"]}
