@@ -20,7 +20,7 @@ from mlflow import MlflowClient
 
 VIEW_KEY = "fer_lab"
 VIEW_TAG = f"mlflow.sharedViewState.{VIEW_KEY}"
-KEY_METRICS = ("val/acc_best", "test/acc", "val/acc", "val/loss", "train/loss", "epoch")
+KEY_METRICS = ("val/acc_best", "test/acc", "val/acc", "val/loss", "train/loss")
 KEY_PARAMS = ("model/params_total",)
 KEY_TAGS = ("model", "dataset", "experiment", "optuna.trial_state")
 
@@ -32,7 +32,8 @@ def key_metrics_view() -> str:
     state = {
         "orderByKey": "metrics.`val/acc_best`",
         "orderByAsc": False,
-        "selectedColumns": ["attributes.`Dataset`", *columns],
+        "selectedColumns": columns,
+        "columnOrder": columns,
     }
     now = int(time.time() * 1000)
     envelope = {"name": "fer_lab: key metrics", "createdAt": now, "state": json.dumps(state)}
