@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 
 
 def publish_leaderboard(client: "MlflowClient", run_id: str) -> None:
+    """The parent run's leaderboard; its module (pandas, matplotlib) loads only here."""
     from fer_lab.tracking.leaderboard import publish
 
     publish(client, run_id)

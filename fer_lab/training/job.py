@@ -22,7 +22,7 @@ from fer_lab.models.base import check_forward
 from fer_lab.sweeps.pruning import OptunaPruning
 from fer_lab.tracking.run_config import log_run_config, log_skipped_data
 from fer_lab.tracking.run_logger import build_logger, mark_run, update_parent_leaderboard
-from fer_lab.training.module import FERLitModule
+from fer_lab.training.module import FERLitModule, scalar_metrics
 from fer_lab.training.resume import (
     ResumePoint,
     check_extension,
@@ -138,11 +138,11 @@ def _run(cfg: DictConfig, resume: ResumePoint | None, job: TrainingJob) -> float
         check_classes(resume.classes, job.datamodule.classes, resume.checkpoint)
     datamodule, module, logger, trainer = job.datamodule, job.module, job.logger, job.trainer
     pruning = next((c for c in trainer.callbacks if isinstance(c, OptunaPruning)), None)
-    if resume is None and is_rank_zero():
+    if resume is not None:
+        mark_run(logger, "RUNNING")
+    elif is_rank_zero():
         log_run_config(logger, cfg, module.net)
         log_skipped_data(logger, datamodule.splits.skipped, cfg.paths.output_dir)
-    elif resume is not None:
-        mark_run(logger, "RUNNING")
     run_id = getattr(logger, "run_id", None)
     write_state(cfg.paths.output_dir, "running", run_id)
 
@@ -161,7 +161,7 @@ def _run(cfg: DictConfig, resume: ResumePoint | None, job: TrainingJob) -> float
         write_state(cfg.paths.output_dir, "failed", run_id)
         mark_run(logger, "FAILED", str(error))
         raise
-    metrics = {**module.restored_metrics, **_scalars(trainer.callback_metrics)}
+    metrics = {**module.restored_metrics, **scalar_metrics(trainer.callback_metrics)}
     if cfg.optimized_metric not in metrics:
         raise FERLabError(
             f"optimized_metric={cfg.optimized_metric!r} was not logged; "
@@ -179,7 +179,3 @@ def _run(cfg: DictConfig, resume: ResumePoint | None, job: TrainingJob) -> float
     write_state(cfg.paths.output_dir, "finished", run_id)
     log.info("%s = %.4f", cfg.optimized_metric, score)
     return score
-
-
-def _scalars(metrics: dict[str, torch.Tensor]) -> dict[str, float]:
-    return {name: float(value) for name, value in metrics.items() if value.numel() == 1}

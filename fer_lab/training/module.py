@@ -213,12 +213,13 @@ class FERLitModule(pl.LightningModule):
         checkpoint["fer_lab_config"] = self.config
         checkpoint["fer_lab_classes"] = self.class_names
         checkpoint["fer_lab_best_val_confusion"] = self.best_val_confusion
-        checkpoint["fer_lab_metrics"] = {
-            name: float(value)
-            for name, value in self.trainer.callback_metrics.items()
-            if value.numel() == 1
-        }
+        checkpoint["fer_lab_metrics"] = scalar_metrics(self.trainer.callback_metrics)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.best_val_confusion = checkpoint.get("fer_lab_best_val_confusion")
         self.restored_metrics = checkpoint.get("fer_lab_metrics", {})
+
+
+def scalar_metrics(metrics: dict[str, torch.Tensor]) -> dict[str, float]:
+    """The single-number entries of Lightning's `callback_metrics`, as floats."""
+    return {name: float(value) for name, value in metrics.items() if value.numel() == 1}

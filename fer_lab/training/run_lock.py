@@ -28,8 +28,6 @@ LAUNCH_ENV = "FER_LAB_LAUNCH_ID"
 # How long a rank > 0 waits for its rank zero to take over a lock a dead launch left.
 FOLLOW_TIMEOUT_S = 30.0
 
-_held: dict[Path, IO[str]] = {}  # open lock files: closing one releases its lock
-
 
 class RunInUseError(ConfigError):
     """Another live command is training this run."""
@@ -69,14 +67,15 @@ def claimed(folder: Path) -> Iterator[None]:
         _follow(folder)
         yield
         return
-    _lock(folder)
+    handle = _lock(folder)
     try:
         yield
     finally:
-        _held.pop(folder).close()  # in-process sweeps run many jobs: free each when it ends
+        handle.close()  # releases the lock: in-process sweeps run many jobs, one at a time
 
 
-def _lock(folder: Path) -> None:
+def _lock(folder: Path) -> IO[str]:
+    """The open, locked `run.lock` of `folder`, naming this process as its holder."""
     folder.mkdir(parents=True, exist_ok=True)
     handle = (folder / LOCK_FILE).open("a+")
     try:
@@ -96,7 +95,7 @@ def _lock(folder: Path) -> None:
     }
     handle.write(json.dumps(holder))
     handle.flush()
-    _held[folder] = handle
+    return handle
 
 
 def _follow(folder: Path) -> None:
