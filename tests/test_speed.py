@@ -12,6 +12,7 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
+from fer_lab.bench.end_to_end import plain_spec
 from fer_lab.core.config import loader_workers, on_gpu
 from fer_lab.core.config_checks import check_values
 from fer_lab.core.errors import ConfigError
@@ -79,18 +80,19 @@ def auto_pipeline(monkeypatch: pytest.MonkeyPatch, device: str, *overrides: str)
     return module.resolved_pipeline()
 
 
-def test_auto_pipeline_puts_small_images_with_supported_augmentation_on_the_gpu(
+def test_auto_pipeline_batches_small_images_with_supported_augmentation_on_any_device(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     for augmentation in ("none", "hflip", "strong"):
-        assert auto_pipeline(monkeypatch, "cuda", f"augmentation={augmentation}") == "on_device"
-        assert auto_pipeline(monkeypatch, "cpu", f"augmentation={augmentation}") == "per_sample"
+        for device in ("cuda", "cpu"):
+            chosen = auto_pipeline(monkeypatch, device, f"augmentation={augmentation}")
+            assert chosen == "on_device", (device, augmentation)
 
 
-def test_auto_pipeline_without_a_trainer_is_per_sample() -> None:
+def test_auto_pipeline_without_a_trainer_batches_on_the_cpu() -> None:
     module = datamodule("data.pipeline=auto", "augmentation=strong")
     assert module.device() == torch.device("cpu")
-    assert module.resolved_pipeline() == "per_sample"
+    assert module.resolved_pipeline() == "on_device"
 
 
 def test_auto_pipeline_falls_back_for_augmentation_the_gpu_path_lacks(
@@ -195,6 +197,7 @@ def test_bench_runs_and_reports_every_field(tmp_path: Path) -> None:
         tmp_path, "--models", "convnet0", "--steps", "2", "--warmup", "1", "--repeats", "1",
         "--pipeline-batches", "2", "--sweep", "2", "--sweep-model", "convnet0",
         "--sweep-epochs", "1", "--sweep-schedules=batches",
+        "--end-to-end-pairs", "1", "--end-to-end-epochs", "1",
     )  # fmt: skip
     assert result["loading"]["load_first_s"] > 0
     pipelines = {(r["pipeline"], r["augmentation"]) for r in result["pipelines"]}
@@ -209,12 +212,23 @@ def test_bench_runs_and_reports_every_field(tmp_path: Path) -> None:
         row["plain_images_per_s"] / row["fer_lab_images_per_s"]
     )
     assert "plain/fer_lab" in stdout and "| convnet0 |" in stdout and "lockstep" in stdout
+    (whole,) = result["end_to_end"]  # both processes ran to the end: they exit 0 or it raises
+    assert whole["model"] == "convnet0" and whole["epochs"] == 1 and whole["pairs"] == 1
+    assert whole["ratios"] == [whole["fer_lab_s"][0] / whole["plain_s"][0]]
+    assert "end to end" in stdout
     # 2 at a time, 4 trials, pruning off (hydra.sweeper.pruner=null); the workers schedule:
     # test_gpu_check_dry_run_on_the_cpu.
     assert [row["schedule"] for row in result["sweep"]] == ["batches"]
     for sweep in result["sweep"]:
         assert sweep["concurrent"] == 2 and sweep["trials"] == 4
         assert sweep["trials_per_hour"] > 0
+
+
+def test_end_to_end_bench_refuses_what_the_plain_script_would_not_copy(tmp_path: Path) -> None:
+    spec = plain_spec(compose_config("model=tf_emotion_cnn", "optimizer.lr=0.003"), tmp_path)
+    assert spec["lr"] == 0.003 and spec["model_kwargs"]["l2"] == 0.01
+    with pytest.raises(ValueError, match=r"optimizer\._target_='torch\.optim\.SGD'.*augmentation"):
+        plain_spec(compose_config("optimizer=sgd", "augmentation=hflip"), tmp_path)
 
 
 @pytest.mark.slow

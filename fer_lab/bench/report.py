@@ -1,5 +1,6 @@
 """The Markdown the bench and the GPU check print: what was measured, how, and the numbers."""
 
+import statistics
 from typing import Any
 
 
@@ -34,6 +35,20 @@ def report(result: dict[str, Any]) -> str:
                 f"{row['plain_peak_memory_mb']:,.0f} |"
             )
         lines.append(memory_note(timing, result["device"]))
+    if result.get("end_to_end"):
+        lines.append(
+            "\nend to end: whole processes, alternating (fer_lab/bench/end_to_end.py)"
+            "\n| model | epochs | pairs | fer_lab s (median) | plain script s (median) "
+            "| fer_lab/plain per pair | median |\n|---|---|---|---|---|---|---|"
+        )
+        for row in result["end_to_end"]:
+            pairs = ", ".join(f"{ratio:.3f}" for ratio in row["ratios"])
+            lines.append(
+                f"| {row['model']} | {row['epochs']} | {row['pairs']} | "
+                f"{statistics.median(row['fer_lab_s']):.1f} | "
+                f"{statistics.median(row['plain_s']):.1f} | {pairs} | "
+                f"{row['ratio_fer_lab_over_plain']:.3f} |"
+            )
     if result.get("sweep"):
         lines.append(
             "\n| schedule | trials at once | trials | wall s | trials/hour |\n|---|---|---|---|---|"

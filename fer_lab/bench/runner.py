@@ -29,6 +29,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import open_dict
 
+from fer_lab.bench.end_to_end import compare_end_to_end
 from fer_lab.bench.overhead import compare_training, compare_training_free
 from fer_lab.bench.report import report
 from fer_lab.bench.sweep_rate import SCHEDULES, trials_per_hour
@@ -37,7 +38,7 @@ from fer_lab.tracking.provenance import describe_hardware
 
 log = logging.getLogger("fer_lab.bench")
 PIPELINES = ("per_sample", "on_device")
-SECTIONS = ("loading", "pipelines", "training")
+SECTIONS = ("loading", "pipelines", "training", "end_to_end")
 TIMINGS = {"lockstep": compare_training, "free": compare_training_free}
 
 
@@ -56,6 +57,15 @@ def arguments(argv: list[str] | None = None) -> argparse.Namespace:
         "checkpoints and logging weigh as much as in training)",
     )
     parser.add_argument("--repeats", type=int, default=1, help="fits per model")
+    parser.add_argument(
+        "--end-to-end-pairs",
+        type=int,
+        default=3,
+        help="alternating CLI / plain-script runs of the end-to-end section",
+    )
+    parser.add_argument(
+        "--end-to-end-epochs", type=int, default=2, help="epochs of each end-to-end run"
+    )
     parser.add_argument(
         "--timing",
         choices=TIMINGS,
@@ -185,6 +195,23 @@ def measure_training(args: argparse.Namespace, workdir: Path) -> list[dict[str, 
     return results
 
 
+def measure_end_to_end(args: argparse.Namespace, workdir: Path) -> list[dict[str, Any]]:
+    """Per model, the whole CLI process against the plain script (fer_lab/bench/end_to_end.py),
+    with the CLI's defaults for everything the bench does not set."""
+    return [
+        compare_end_to_end(
+            [
+                *base_overrides(args, workdir),
+                f"model={model}",
+                f"trainer.max_epochs={args.end_to_end_epochs}",
+            ],
+            args.end_to_end_pairs,
+            workdir / "end_to_end" / model,
+        )
+        for model in args.models
+    ]
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = arguments(argv)
@@ -204,6 +231,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         # (tf_emotion_cnn: 1.067 after them, 1.014 alone).
         measures = {
             "training": measure_training,
+            "end_to_end": measure_end_to_end,
             "pipelines": measure_pipelines,
             "loading": measure_loading,
         }

@@ -20,8 +20,8 @@ from fer_lab.data.on_device.batches import DeviceBatches, faces_as_tensor
 from fer_lab.data.transforms import build_transforms
 
 log = logging.getLogger(__name__)
-# `pipeline=auto` keeps whole datasets on the GPU only for small images (FER's 48x48 is 83 MB
-# for FER2013); larger ones go through the per-sample path.
+# `pipeline=auto` keeps whole datasets on the training device only for small images (FER's
+# 48x48 is 83 MB for FER2013); larger ones go through the per-sample path.
 ON_DEVICE_MAX_SIZE = 64
 
 
@@ -113,7 +113,7 @@ class FERDataModule(pl.LightningDataModule):
         self.setup()
         images = self.splits.train.images
         small = isinstance(images, np.ndarray) and max(images.shape[1:3]) <= ON_DEVICE_MAX_SIZE
-        if self.device().type != "cuda" or not small:
+        if not small:
             return "per_sample"
         why_not = batch_transform.BatchTransform.unsupported(
             self.augmentation, self.preprocess, self.image_size

@@ -4,7 +4,6 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torchvision.models import VGG16_Weights, vgg16
 
 from fer_lab.core.errors import ConfigError
 from fer_lab.models.base import FERNet
@@ -57,6 +56,9 @@ class VGG16Transfer(FERNet):
 
 
 def _load_vgg16_features(pretrained: bool, weights_path: str | None) -> nn.Sequential:
+    # torchvision only here: it costs ~2 s to import, which no other model needs.
+    from torchvision.models import VGG16_Weights, vgg16
+
     if weights_path is not None:
         path = Path(weights_path).expanduser()
         if not path.is_file():
