@@ -33,7 +33,7 @@ test: install  ## the whole suite (CPU, no network, no outside files)
 test-fast: install  ## everything but the tests marked slow
 	$(BIN)/python -m pytest -m "not slow"
 
-bench: install  ## fer_lab vs a plain PyTorch loop, data pipelines, load times (DEVICE=cuda on a GPU)
+bench: install  ## fer_lab vs a plain PyTorch loop (per step, end to end), data pipelines, load times (DEVICE=cuda on a GPU)
 	$(BIN)/python -m fer_lab.bench --device $(DEVICE) $(BENCH_DATA) $(BENCH_ARGS)
 
 gpu-check: install  ## the GPU path end to end in ~8 min on one H100/H200: logs/gpu_check/gpu_check.{json,md}

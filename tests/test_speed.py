@@ -197,7 +197,7 @@ def test_bench_runs_and_reports_every_field(tmp_path: Path) -> None:
         tmp_path, "--models", "convnet0", "--steps", "2", "--warmup", "1", "--repeats", "1",
         "--pipeline-batches", "2", "--sweep", "2", "--sweep-model", "convnet0",
         "--sweep-epochs", "1", "--sweep-schedules=batches",
-        "--end-to-end-pairs", "1", "--end-to-end-epochs", "1",
+        "--end-to-end-models", "convnet0", "--end-to-end-pairs", "1", "--end-to-end-epochs", "1",
     )  # fmt: skip
     assert result["loading"]["load_first_s"] > 0
     pipelines = {(r["pipeline"], r["augmentation"]) for r in result["pipelines"]}

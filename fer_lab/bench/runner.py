@@ -58,6 +58,12 @@ def arguments(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--repeats", type=int, default=1, help="fits per model")
     parser.add_argument(
+        "--end-to-end-models",
+        nargs="+",
+        default=["tf_emotion_cnn"],
+        help="models of the end-to-end section (each pair of runs takes minutes)",
+    )
+    parser.add_argument(
         "--end-to-end-pairs",
         type=int,
         default=3,
@@ -208,7 +214,7 @@ def measure_end_to_end(args: argparse.Namespace, workdir: Path) -> list[dict[str
             args.end_to_end_pairs,
             workdir / "end_to_end" / model,
         )
-        for model in args.models
+        for model in args.end_to_end_models
     ]
 
 
