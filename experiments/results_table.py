@@ -140,8 +140,10 @@ def _run_id(line: str) -> str | None:
     return found[-1] if found else None
 
 
-def _study(line: str) -> str:
-    return line.strip("| ").split(":", 1)[0]
+def _study(line: str) -> tuple[bool, str]:
+    """Seed studies first, in seed order, then fer_lab's own recipes."""
+    study = line.strip("| ").split(":", 1)[0]
+    return not study.startswith("seed"), study
 
 
 def main() -> None:

@@ -52,9 +52,9 @@ def test_writing_keeps_other_stores_rows_and_drops_named_ones() -> None:
         return f"| {study}: m | - | - | `cmd` | - | 1 | cpu | 1.0 min | 2026-11-30 | `{run_id}` |"
 
     elsewhere, remeasured, superseded, new = ("a" * 32, "b" * 32, "c" * 32, "d" * 32)
-    old = "\n".join(["| header |", "|---|", line("seed004", elsewhere), line("seed001", remeasured),
-                     line("seed000", superseded)])  # fmt: skip
+    old = "\n".join(["| header |", "|---|", line("fer_lab_best", elsewhere),
+                     line("seed001", remeasured), line("seed000", superseded)])  # fmt: skip
     fresh = [line("seed001", remeasured).replace("1.0 min", "9.0 min"), line("seed000", new)]
     table = results_table.merged(old, fresh, drop={superseded}).splitlines()
     assert table[0].startswith("| study: model | seed reports |")
-    assert table[2:] == [line("seed000", new), fresh[0], line("seed004", elsewhere)]
+    assert table[2:] == [line("seed000", new), fresh[0], line("fer_lab_best", elsewhere)]
