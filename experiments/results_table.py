@@ -22,7 +22,7 @@ from pathlib import Path
 from mlflow import MlflowClient
 from mlflow.entities import Run
 
-from fer_lab.tracking.leaderboard import entry_of
+from fer_lab.tracking.leaderboard import Entry, entry_of
 
 README = Path(__file__).with_name("README.md")
 START, END = "<!-- results:start -->", "<!-- results:end -->"
@@ -58,8 +58,8 @@ COLUMNS = (
 RUN_ID = re.compile(r"`([0-9a-f]{32})`")
 
 
-def measured(client: MlflowClient, run: Run) -> str:
-    entry, metrics = entry_of(client, run), run.data.metrics
+def measured(client: MlflowClient, run: Run, entry: Entry) -> str:
+    metrics = run.data.metrics
     accuracy = f"{100 * entry.test_acc:.2f}% (val best {100 * entry.val_acc_best:.2f}%)"
     if run.data.tags.get("experiment") == "seed001":
         losses = client.get_metric_history(run.info.run_id, "val/loss")
@@ -93,7 +93,7 @@ def row(client: MlflowClient, run: Run) -> list[str]:
     return [
         f"{study}: {entry.model}",
         PUBLISHED.get((study, entry.model), "-"),
-        measured(client, run),
+        measured(client, run, entry),
         command(run),
         protocol,
         str(entry.epochs),

@@ -88,12 +88,12 @@ def _plain(value: Any) -> Any:
     return OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
 
 
-def wall_seconds(command: list[str], log_file: Path, env: dict[str, str] | None = None) -> float:
+def wall_seconds(command: list[str], log_file: Path) -> float:
     """Start-up to exit of `command`, its output kept in `log_file`; a failure is an error
     that names the log."""
     started = time.perf_counter()
     with log_file.open("w") as out:
-        code = subprocess.call(command, stdout=out, stderr=subprocess.STDOUT, env=env)
+        code = subprocess.call(command, stdout=out, stderr=subprocess.STDOUT)
     seconds = time.perf_counter() - started
     if code:
         raise RuntimeError(f"{' '.join(command)} exited {code}; its output: {log_file}")
@@ -101,8 +101,9 @@ def wall_seconds(command: list[str], log_file: Path, env: dict[str, str] | None 
 
 
 def compare_end_to_end(overrides: list[str], pairs: int, workdir: Path) -> dict[str, Any]:
-    """`pairs` alternating runs of `python -m fer_lab.train <overrides>` and the plain script,
-    after one untimed CLI run that fills the parse cache (and the OS's file cache)."""
+    """`pairs` alternating runs of `python -m fer_lab.train <overrides>` and the plain script.
+    Writing the plain script's data fills the parse cache; one untimed CLI run then warms the
+    OS's file cache and Python's bytecode cache."""
     workdir.mkdir(parents=True, exist_ok=True)
     overrides = [*overrides, f"paths.cache_dir={workdir / 'cache'}"]
     cfg = bench_config(overrides, workdir / "spec")
