@@ -12,7 +12,7 @@ import pytest
 
 from fer_lab.tracking.run_identity import PARENT_RUN_ENV
 
-from .helpers import REPO_ROOT, run_train
+from .helpers import REPO_ROOT, run_cli, run_train
 
 pytestmark = pytest.mark.slow
 
@@ -155,6 +155,35 @@ def test_multirun_runs_are_grouped_under_a_parent(tmp_path: Path, mlflow_client)
     assert printed.returncode == 0, printed.stderr[-2000:]
     rows = [line for line in printed.stdout.splitlines() if line.startswith(("| 1 |", "| 2 |"))]
     assert len(rows) == 2 and "%" in rows[0]
+
+
+def test_a_stopped_grid_closes_its_parent_run_with_the_jobs_that_ran(
+    tmp_path: Path, mlflow_client
+) -> None:
+    """SIGTERM in the first job: the grid never reaches on_multirun_end, yet its parent run
+    ends KILLED (not RUNNING for ever) with that job on its leaderboard."""
+    fault = "+callbacks.fault"
+    result = run_cli(
+        tmp_path,
+        "model=convnet0,cntk_simple",
+        "trainer=debug",
+        *SMALL,
+        f"{fault}._target_=tests.faults.SendSignal",
+        f"{fault}.epoch=0",
+        f"{fault}.batch=1",
+        f"{fault}.marker={tmp_path / 'fault_fired'}",
+        f"{fault}.name=TERM",
+        multirun=True,
+    )
+    assert result.returncode == 143, result.stderr[-3000:]
+    client = mlflow_client()
+    runs = client.search_runs([client.get_experiment_by_name("synthetic").experiment_id])
+    (parent,) = [r for r in runs if "fer_lab.sweep" in r.data.tags]
+    (job,) = [r for r in runs if r is not parent]
+    assert (parent.info.status, job.info.status) == ("KILLED", "KILLED")
+    local = client.download_artifacts(parent.info.run_id, "leaderboard", str(tmp_path))
+    (row,) = pd.read_csv(Path(local) / "leaderboard.csv").to_dict("records")
+    assert (row["model"], row["status"]) == ("convnet0", "KILLED")
 
 
 def test_a_child_run_updates_its_parents_leaderboard_when_it_ends(

@@ -4,10 +4,13 @@ Trial and job runs nest under their parent through the `mlflow.parentRunId` tag,
 UI shows each sweep as one expandable row.
 """
 
+import atexit
 import logging
 import os
+import signal
 import tempfile
 from pathlib import Path
+from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 import optuna
@@ -149,7 +152,10 @@ class SweepRun:
 class GroupGridRuns(Callback):
     """Hydra callback: a plain multirun (`-m model=a,b`) gets one MLflow parent run.
 
-    Optuna sweeps make their own parent run (per study), so they are left alone here.
+    Optuna sweeps make their own parent run (per study), so they are left alone here. A grid
+    that ends early (Ctrl-C, SIGTERM, a failed job) never reaches `on_multirun_end`: its parent
+    run is closed on the way out of the process instead, KILLED (FAILED if a job failed), with
+    the leaderboard of the jobs that ran.
     """
 
     def __init__(self) -> None:
@@ -164,9 +170,31 @@ class GroupGridRuns(Callback):
         )
         if self.sweep_run.run_id:
             os.environ[PARENT_RUN_ENV] = self.sweep_run.run_id
+            atexit.register(self._close, None)
+            # SIGTERM's default action ends the process without running atexit handlers.
+            if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+                signal.signal(signal.SIGTERM, _exit_on_sigterm)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        if self.sweep_run.client is not None:
-            publish_leaderboard(self.sweep_run.client, self.sweep_run.run_id)
-            self.sweep_run.client.set_terminated(self.sweep_run.run_id)
-            os.environ.pop(PARENT_RUN_ENV, None)
+        self._close("FINISHED")
+
+    def _close(self, status: str | None) -> None:
+        """Publish the leaderboard and end the parent run, once; `None`: the grid ended early."""
+        client, run_id = self.sweep_run.client, self.sweep_run.run_id
+        if client is None:
+            return
+        self.sweep_run = SweepRun()
+        atexit.unregister(self._close)
+        os.environ.pop(PARENT_RUN_ENV, None)
+        publish_leaderboard(client, run_id)
+        if status is None:
+            from fer_lab.tracking.leaderboard import children_of
+
+            failed = any(run.info.status == "FAILED" for run in children_of(client, run_id))
+            status = "FAILED" if failed else "KILLED"
+            log.warning("The grid ended before its last job: parent run %s is %s", run_id, status)
+        client.set_terminated(run_id, status=status)
+
+
+def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(128 + signum)
