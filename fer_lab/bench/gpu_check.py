@@ -50,9 +50,19 @@ def arguments(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def write_report(report: dict[str, Any], out: Path) -> None:
+    """gpu_check.json and .md as they stand: rewritten before every step and at the end, so a
+    check stopped by a time limit still leaves the steps it finished."""
+    report["total_s"] = time.perf_counter() - report["started"]
+    shown = {key: value for key, value in report.items() if key != "started"}
+    (out / "gpu_check.json").write_text(json.dumps(shown, indent=2))
+    (out / "gpu_check.md").write_text(gpu_check_summary(shown, EXPERIMENT))
+
+
 def run_step(name: str, command: list[str], report: dict[str, Any], cwd: Path) -> bool:
-    """Run one fer_lab command; its wall time, exit code and (on failure) output tail go into
-    `report["steps"]`."""
+    """Run one fer_lab command in `cwd`; its wall time, exit code and (on failure) output tail
+    go into `report["steps"]`. The report files there are first brought up to date."""
+    write_report(report, cwd)
     log.info("%s: %s", name, " ".join(command))
     started = time.perf_counter()
     done = subprocess.run(
@@ -135,7 +145,6 @@ def training_run(store: str) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = arguments(argv)
-    started = time.perf_counter()
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     import torch
@@ -156,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         "budget_s": args.budget_s,
         "settings": {k: str(v) for k, v in vars(args).items()},
         "steps": {},
+        "started": time.perf_counter(),
     }
     sizes = write_photos([EXPERIMENT, trainer, *overrides], out / "photos")
     report["dataset_sizes"] = sizes
@@ -211,10 +221,8 @@ def main(argv: list[str] | None = None) -> int:
         if run_step("sweep", sweep, report, out):
             report["sweep"] = json.loads(sweep_json.read_text())["sweep"]
 
-    report["total_s"] = time.perf_counter() - started
-    (out / "gpu_check.json").write_text(json.dumps(report, indent=2))
-    (out / "gpu_check.md").write_text(gpu_check_summary(report, EXPERIMENT))
-    print(gpu_check_summary(report, EXPERIMENT))
+    write_report(report, out)
+    print((out / "gpu_check.md").read_text())
     print(f"JSON: {out / 'gpu_check.json'}\nMarkdown: {out / 'gpu_check.md'}")
     return 0 if all(step["exit_code"] == 0 for step in report["steps"].values()) else 1
 
