@@ -27,11 +27,15 @@ $(VENV)/.installed: pyproject.toml
 demo: install  ## train on built-in synthetic faces, logged to ./mlflow.db
 	$(BIN)/python -m fer_lab.train experiment=demo
 
+# Two test processes: most tests wait on subprocess start-up (imports), not on the cores.
+# Tests of the machine's PostgreSQL and SLURM run in one of them (tests/conftest.py).
+PYTEST := $(BIN)/python -m pytest -n 2 --dist loadgroup
+
 test: install  ## the whole suite (CPU, no network, no outside files)
-	$(BIN)/python -m pytest
+	$(PYTEST)
 
 test-fast: install  ## everything but the tests marked slow
-	$(BIN)/python -m pytest -m "not slow"
+	$(PYTEST) -m "not slow"
 
 bench: install  ## fer_lab vs a plain PyTorch loop (per step, end to end), data pipelines, load times (DEVICE=cuda on a GPU)
 	$(BIN)/python -m fer_lab.bench --device $(DEVICE) $(BENCH_DATA) $(BENCH_ARGS)

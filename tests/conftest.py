@@ -9,6 +9,19 @@ from fer_lab.data.fer2013 import FER2013_CLASSES
 
 from .helpers import run_train, write_image
 
+# Fixtures that start one of the machine's services; `make test` runs their tests in one
+# pytest-xdist process (`--dist loadgroup`), so no two processes start the same service.
+MACHINE_SERVICES = {"postgres_port", "slurm_cluster"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Slow tests first, so the two processes finish together rather than one of them ending
+    on a long test while the other idles."""
+    for item in items:
+        if MACHINE_SERVICES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.xdist_group("machine_services"))
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
 
 @pytest.fixture(scope="session", autouse=True)
 def dataset_cache_in_temp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:

@@ -71,7 +71,8 @@ def train(spec: dict) -> dict[str, float]:
         if val_acc > best_acc:
             best_acc = val_acc
             torch.save(net.state_dict(), best_path)
-        print(f"epoch {epoch}: val acc {val_acc:.4f} ({time.perf_counter() - started:.1f} s)")
+        seconds = time.perf_counter() - started
+        print(f"epoch {epoch}: val acc {val_acc:.4f} ({seconds:.1f} s)", flush=True)
     net.load_state_dict(torch.load(best_path, weights_only=True))
     return {"val_acc_best": best_acc, "test_acc": accuracy(net, test_x, test_y, batch)}
 
