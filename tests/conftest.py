@@ -15,8 +15,8 @@ MACHINE_SERVICES = {"postgres_port", "slurm_cluster"}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Slow tests first, so the two processes finish together rather than one of them ending
-    on a long test while the other idles."""
+    """Tests of the machine's services in one xdist group; slow tests first, so the two
+    processes finish together rather than one ending on a long test while the other idles."""
     for item in items:
         if MACHINE_SERVICES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.xdist_group("machine_services"))
@@ -70,11 +70,9 @@ def mlflow_client(tmp_path: Path) -> Callable:
     return client
 
 
-@pytest.fixture(scope="session")
-def trained_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def train_tiny_checkpoint(folder: Path) -> Path:
     """The best checkpoint of a one-epoch convnet0 run on tiny synthetic faces (7 classes),
-    trained once per test session; its run folder is `checkpoint.parent.parent`."""
-    folder = tmp_path_factory.mktemp("trained")
+    trained in `folder`; its run folder is `checkpoint.parent.parent`."""
     run_train(
         folder,
         "dataset=synthetic",
@@ -89,6 +87,20 @@ def trained_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     (best,) = (folder / "run" / "checkpoints").glob("epoch*.ckpt")
     return best
+
+
+@pytest.fixture(scope="session")
+def trained_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`train_tiny_checkpoint`, once per test session (process) and shared by its tests."""
+    return train_tiny_checkpoint(tmp_path_factory.mktemp("trained"))
+
+
+@pytest.fixture
+def own_trained_checkpoint(tmp_path: Path) -> Path:
+    """`train_tiny_checkpoint` for one test, whose MLflow run no other test logs into."""
+    folder = tmp_path / "trained"
+    folder.mkdir()
+    return train_tiny_checkpoint(folder)
 
 
 @pytest.fixture(scope="session")

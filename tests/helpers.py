@@ -66,6 +66,13 @@ def run_cli(
     )
 
 
+def fault(kind: str, tmp_path: Path, **params: object) -> list[str]:
+    """Overrides adding a tests.faults callback that fires at epoch 1, batch 3, once."""
+    args = {"epoch": 1, "batch": 3, "marker": tmp_path / "fault_fired", **params}
+    node = "+callbacks.fault"
+    return [f"{node}._target_=tests.faults.{kind}"] + [f"{node}.{k}={v}" for k, v in args.items()]
+
+
 def run_train(
     tmp_path: Path, *overrides: str, multirun: bool = False, timeout: int = 600
 ) -> subprocess.CompletedProcess:

@@ -15,7 +15,7 @@ from hydra.utils import instantiate
 from fer_lab.core.errors import ConfigError
 from fer_lab.training.resume import SCHEDULE_LENGTH_KEYS, ResumePoint, check_extension
 
-from .helpers import REPO_ROOT, compose_config, run_cli
+from .helpers import REPO_ROOT, compose_config, fault, run_cli
 
 EPOCHS = 3
 COMMAND = [
@@ -28,13 +28,6 @@ COMMAND = [
     "data.num_workers=0",
     f"trainer.max_epochs={EPOCHS}",
 ]
-
-
-def fault(kind: str, tmp_path: Path, **params: object) -> list[str]:
-    """Overrides adding a tests.faults callback that fires at epoch 1, batch 3, once."""
-    args = {"epoch": 1, "batch": 3, "marker": tmp_path / "fault_fired", **params}
-    node = "+callbacks.fault"
-    return [f"{node}._target_=tests.faults.{kind}"] + [f"{node}.{k}={v}" for k, v in args.items()]
 
 
 def run_dirs(tmp_path: Path) -> list[Path]:

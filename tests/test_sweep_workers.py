@@ -19,8 +19,7 @@ from optuna.trial import TrialState
 
 from fer_lab.sweeps.storage import open_storage
 
-from .helpers import REPO_ROOT
-from .test_resume import fault
+from .helpers import REPO_ROOT, fault
 from .test_sweeps import TINY, sweep_runs
 
 pytestmark = pytest.mark.slow

@@ -12,7 +12,7 @@ import pytest
 
 from fer_lab.tracking.run_identity import PARENT_RUN_ENV
 
-from .helpers import REPO_ROOT, run_cli, run_train
+from .helpers import REPO_ROOT, fault, run_cli, run_train
 
 pytestmark = pytest.mark.slow
 
@@ -162,17 +162,12 @@ def test_a_stopped_grid_closes_its_parent_run_with_the_jobs_that_ran(
 ) -> None:
     """SIGTERM in the first job: the grid never reaches on_multirun_end, yet its parent run
     ends KILLED (not RUNNING for ever) with that job on its leaderboard."""
-    fault = "+callbacks.fault"
     result = run_cli(
         tmp_path,
         "model=convnet0,cntk_simple",
         "trainer=debug",
         *SMALL,
-        f"{fault}._target_=tests.faults.SendSignal",
-        f"{fault}.epoch=0",
-        f"{fault}.batch=1",
-        f"{fault}.marker={tmp_path / 'fault_fired'}",
-        f"{fault}.name=TERM",
+        *fault("SendSignal", tmp_path, name="TERM", epoch=0, batch=1),
         multirun=True,
     )
     assert result.returncode == 143, result.stderr[-3000:]

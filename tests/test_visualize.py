@@ -57,12 +57,13 @@ def test_photo_of_another_size_outside_its_run(
     assert not Path("unused.db").exists()
 
 
-def test_pngs_logged_to_training_run(trained_checkpoint: Path, tmp_path: Path) -> None:
+def test_pngs_logged_to_training_run(own_trained_checkpoint: Path, tmp_path: Path) -> None:
+    """On a run of its own: the shared checkpoint's run holds what other tests logged."""
     import mlflow
 
-    uri = tracking_uri(trained_checkpoint)
-    paths = visualize(trained_checkpoint, tmp_path, max_channels=2, tracking_uri=uri)
-    run_id = load_trained(trained_checkpoint).mlflow_run_id()
+    uri = tracking_uri(own_trained_checkpoint)
+    paths = visualize(own_trained_checkpoint, tmp_path / "out", max_channels=2, tracking_uri=uri)
+    run_id = load_trained(own_trained_checkpoint).mlflow_run_id()
     logged = mlflow.MlflowClient(uri).list_artifacts(run_id, "visualize")
     assert sorted(Path(a.path).name for a in logged) == sorted(p.name for p in paths)
 

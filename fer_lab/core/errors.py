@@ -1,4 +1,7 @@
-"""Errors a user can fix (bad paths, data or config values): reported without a traceback."""
+"""Errors a user can fix (bad paths, data or config values): reported without a traceback;
+and the exit a stop signal asks for."""
+
+import signal
 
 
 class FERLabError(Exception):
@@ -15,3 +18,11 @@ class ConfigError(FERLabError):
 
 class TrackingError(FERLabError):
     """The tracking store cannot be used (server unreachable, store locked)."""
+
+
+class StopRequested(SystemExit):
+    """Raised after Ctrl-C or SIGTERM, where it is safe to stop; the exit code is 128 + signal."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(128 + signum)
+        self.signal_name = signal.Signals(signum).name

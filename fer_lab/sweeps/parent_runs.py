@@ -19,20 +19,23 @@ from omegaconf import DictConfig
 from optuna.distributions import BaseDistribution
 from optuna.trial import TrialState
 
+from fer_lab.core.errors import StopRequested
 from fer_lab.tracking.mlflow_store import prepare_tracking_store
 from fer_lab.tracking.run_identity import PARENT_RUN_ENV, SWEEP_TAG, logs_to_mlflow
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
 
+    from fer_lab.tracking.leaderboard import Entry
+
 log = logging.getLogger(__name__)
 
 
-def publish_leaderboard(client: "MlflowClient", run_id: str) -> None:
+def publish_leaderboard(client: "MlflowClient", run_id: str) -> list["Entry"]:
     """The parent run's leaderboard; its module (pandas, matplotlib) loads only here."""
     from fer_lab.tracking.leaderboard import publish
 
-    publish(client, run_id)
+    return publish(client, run_id)
 
 
 class SweepRun:
@@ -173,7 +176,7 @@ class GroupGridRuns(Callback):
             atexit.register(self._close, None)
             # SIGTERM's default action ends the process without running atexit handlers.
             if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
-                signal.signal(signal.SIGTERM, _exit_on_sigterm)
+                signal.signal(signal.SIGTERM, _stop_on_sigterm)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         self._close("FINISHED")
@@ -186,15 +189,13 @@ class GroupGridRuns(Callback):
         self.sweep_run = SweepRun()
         atexit.unregister(self._close)
         os.environ.pop(PARENT_RUN_ENV, None)
-        publish_leaderboard(client, run_id)
+        entries = publish_leaderboard(client, run_id)
         if status is None:
-            from fer_lab.tracking.leaderboard import children_of
-
-            failed = any(run.info.status == "FAILED" for run in children_of(client, run_id))
+            failed = any(entry.status == "FAILED" for entry in entries)
             status = "FAILED" if failed else "KILLED"
             log.warning("The grid ended before its last job: parent run %s is %s", run_id, status)
         client.set_terminated(run_id, status=status)
 
 
-def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:
-    raise SystemExit(128 + signum)
+def _stop_on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise StopRequested(signum)

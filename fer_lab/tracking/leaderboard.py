@@ -146,13 +146,15 @@ def _curves(entries: list[Entry], folder: Path, title: str) -> Path:
     return path
 
 
-def publish(client: MlflowClient, parent_run_id: str) -> None:
-    """(Re)write the leaderboard of the parent's children as the parent's artifacts."""
+def publish(client: MlflowClient, parent_run_id: str) -> list[Entry]:
+    """(Re)write the leaderboard of the parent's children as the parent's artifacts; returns
+    its entries."""
     entries = leaderboard(client, children_of(client, parent_run_id))
     title = client.get_run(parent_run_id).info.run_name or parent_run_id
     with tempfile.TemporaryDirectory() as tmp:
         write_leaderboard(entries, Path(tmp), title)
         client.log_artifacts(parent_run_id, tmp, "leaderboard")
+    return entries
 
 
 def runs_to_rank(client: MlflowClient, args: argparse.Namespace) -> tuple[list[Run], str]:

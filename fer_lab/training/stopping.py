@@ -10,21 +10,13 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.strategies import Strategy
 
-from fer_lab.core.errors import FERLabError
+from fer_lab.core.errors import FERLabError, StopRequested
 
 log = logging.getLogger(__name__)
 
 
 class NonFiniteLossError(FERLabError):
     """The training loss became NaN or infinite; the run stops before any checkpoint is written."""
-
-
-class StopRequested(SystemExit):
-    """Raised at a batch boundary after Ctrl-C or SIGTERM; the exit code is 128 + signal."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(128 + signum)
-        self.signal_name = signal.Signals(signum).name
 
 
 class GracefulStop(pl.Callback):
