@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from fer_lab.core.cli import run, user_errors_exit_2
 from fer_lab.core.config import CONFIG_PATH
 from fer_lab.core.config_checks import check_launch, check_values
+from fer_lab.core.process import heavy_imports
 from fer_lab.tracking.mlflow_store import prepare_tracking_store
 from hydra_plugins.fer_lab_optuna.sweeper import OptunaSweeper
 
@@ -38,7 +39,8 @@ def preflight(cfg: DictConfig) -> None:
 def train(cfg: DictConfig) -> float:
     """Check the config, then fit, select on val and test once; return the optimised metric."""
     preflight(cfg)
-    from fer_lab.training.job import fit_and_test  # Lightning loads only for a config that passed
+    with heavy_imports():  # Lightning loads only for a config that passed
+        from fer_lab.training.job import fit_and_test
 
     return fit_and_test(cfg)
 

@@ -16,6 +16,7 @@ from fer_lab.bench.end_to_end import plain_spec
 from fer_lab.core.config import loader_workers, on_gpu
 from fer_lab.core.config_checks import check_values
 from fer_lab.core.errors import ConfigError
+from fer_lab.core.process import same_allocator_env
 from fer_lab.data.faces import Faces
 from fer_lab.data.on_device.batch_transform import BatchTransform
 from fer_lab.training.job import supported_precision
@@ -244,3 +245,55 @@ def test_bench_free_running_times_each_side_alone(tmp_path: Path) -> None:
     for side in ("fer_lab", "plain"):
         peak = row[f"{side}_peak_memory_mb"]
         assert isinstance(peak, float) and peak > 0
+
+
+def _python(code: str, **env: str) -> str:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("MALLOC_", "GLIBC_"))}
+    result = subprocess.run(
+        [sys.executable, "-c", code], env={**clean, **env}, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+REUSE_BIG_BLOCKS = """
+import resource, numpy as np
+from fer_lab.core.process import keep_freed_memory
+def faults():
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(10):
+        block = np.ones(40_000_000 // 8)  # bigger than glibc's largest mmap threshold
+        del block
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+applied = keep_freed_memory()
+faults()  # the first block grows the heap
+print(applied, faults())
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator")
+def test_commands_reuse_big_freed_blocks_unless_the_user_set_the_allocator() -> None:
+    applied, faults = _python(REUSE_BIG_BLOCKS).split()
+    assert applied == "True" and int(faults) < 100  # mmap'd, each block faults ~10k pages in
+    assert _python(REUSE_BIG_BLOCKS, MALLOC_MMAP_MAX_="65536").split()[0] == "False"
+
+
+def test_the_plain_script_gets_the_allocator_settings_of_fer_lab() -> None:
+    env = same_allocator_env({"PATH": "/bin"})
+    assert env == {"PATH": "/bin", "MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "2147483647"}
+    user = {"PATH": "/bin", "GLIBC_TUNABLES": "glibc.malloc.mmap_max=0"}
+    assert same_allocator_env(user) == user
+
+
+def test_heavy_imports_run_without_collections_and_are_frozen_after() -> None:
+    code = """
+import gc
+from fer_lab.core.process import heavy_imports
+before = [s["collections"] for s in gc.get_stats()]
+with heavy_imports():
+    garbage = [[object()] for _ in range(200_000)]  # would trigger young collections
+    import email.mime.multipart
+print([s["collections"] for s in gc.get_stats()] == before, gc.isenabled(), gc.get_freeze_count())
+"""
+    unchanged, enabled, frozen = _python(code).split()
+    assert unchanged == "True" and enabled == "True" and int(frozen) > 200_000

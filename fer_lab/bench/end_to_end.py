@@ -6,10 +6,14 @@ and `fer_lab.bench.plain_script` (the same network, optimiser, batch size, epoch
 cache, with a validation pass each epoch, the best weights saved and scored on the test split).
 The two alternate, the side going first swapping each pair, and the ratio is taken per pair,
 so the drift of a shared machine between pairs cancels out; the median pair is reported.
+The plain script runs with the glibc allocator settings fer_lab's commands set for themselves
+(fer_lab/core/process.py): without them its big tensors page-fault in again every step, and
+fer_lab would win by that alone.
 """
 
 import json
 import logging
+import os
 import statistics
 import subprocess
 import sys
@@ -22,6 +26,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from fer_lab.bench.throughput import bench_config
+from fer_lab.core.process import same_allocator_env
 from fer_lab.data import FaceSplits
 
 log = logging.getLogger("fer_lab.bench")
@@ -88,12 +93,12 @@ def _plain(value: Any) -> Any:
     return OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
 
 
-def wall_seconds(command: list[str], log_file: Path) -> float:
+def wall_seconds(command: list[str], log_file: Path, env: dict[str, str] | None = None) -> float:
     """Start-up to exit of `command`, its output kept in `log_file`; a failure is an error
     that names the log."""
     started = time.perf_counter()
     with log_file.open("w") as out:
-        code = subprocess.call(command, stdout=out, stderr=subprocess.STDOUT)
+        code = subprocess.call(command, stdout=out, stderr=subprocess.STDOUT, env=env)
     seconds = time.perf_counter() - started
     if code:
         raise RuntimeError(f"{' '.join(command)} exited {code}; its output: {log_file}")
@@ -119,7 +124,7 @@ def compare_end_to_end(overrides: list[str], pairs: int, workdir: Path) -> dict[
 
     def plain(name: str) -> float:
         command = [sys.executable, "-m", "fer_lab.bench.plain_script", str(spec_file)]
-        return wall_seconds(command, workdir / f"{name}.log")
+        return wall_seconds(command, workdir / f"{name}.log", same_allocator_env(os.environ))
 
     cli("warmup")
     fer_lab_s, plain_s = [], []

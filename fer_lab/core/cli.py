@@ -12,6 +12,7 @@ from hydra.types import RunMode
 
 from fer_lab.core.config_checks import check_choices
 from fer_lab.core.errors import FERLabError
+from fer_lab.core.process import keep_freed_memory, skip_final_collections
 
 log = logging.getLogger("fer_lab")
 
@@ -31,6 +32,9 @@ def user_errors_exit_2() -> Iterator[None]:
 
 
 def run(main: Callable[[], object]) -> None:
-    """Check the command line's config names, then run the Hydra `main`."""
+    """Check the command line's config names, set up the process (fer_lab/core/process.py), then
+    run the Hydra `main`."""
     check_choices(sys.argv[1:])
+    keep_freed_memory()
+    skip_final_collections()
     main()

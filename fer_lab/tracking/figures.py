@@ -20,7 +20,7 @@ CURVE_COLUMNS = ("train/loss", "val/loss", "train/acc", "val/acc")
 
 def save_png(figure: Figure, stem: Path) -> Path:
     """`<stem>.png`, laid out and at the resolution every fer_lab figure uses."""
-    figure.tight_layout()
+    figure.set_layout_engine("constrained")  # one layout pass while drawing; tight_layout adds one
     path = stem.with_suffix(".png")
     figure.savefig(path, dpi=120)
     return path
@@ -124,14 +124,29 @@ def write_misclassified_grid(
     count = len(examples.indices)
     columns = min(4, count)
     rows = math.ceil(count / columns)
+    mosaic, origins = tile(examples.images, columns)
     figure = Figure(figsize=(2.2 * columns + 0.4, 2.7 * rows + 0.9))
-    grid = list(figure.subplots(rows, columns, squeeze=False).flat)
-    for axes in grid:
-        axes.set_axis_off()
-    for axes, image, p_pred, p_true in zip(
-        grid[:count], examples.images, examples.p_predicted, examples.p_true, strict=True
-    ):
-        axes.imshow(image, cmap="gray", vmin=0, vmax=1)
-        axes.set_title(f"p({predicted})={p_pred:.2f}\np({true})={p_true:.2f}", fontsize=8)
+    axes = figure.subplots()  # one for the whole grid: one per image made it 4x slower to draw
+    axes.imshow(mosaic, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    axes.set_axis_off()
+    for (x, y), p_pred, p_true in zip(origins, examples.p_predicted, examples.p_true, strict=True):
+        label = f"p({predicted})={p_pred:.2f}\np({true})={p_true:.2f}"
+        axes.text(x, y - 1, label, ha="center", va="bottom", fontsize=8)
     figure.suptitle(f"{title}\n'{true}' predicted as '{predicted}': {count} of {total} shown")
     return [csv_path, save_png(figure, stem)]
+
+
+def tile(images: np.ndarray, columns: int) -> tuple[np.ndarray, list[tuple[float, float]]]:
+    """Greyscale [N, H, W] images in [0, 1] laid out `columns` to a row on white, with a band
+    above each for its label; also each image's top centre (x, y) in the mosaic's pixels."""
+    count, height, width = images.shape
+    rows = math.ceil(count / columns)
+    band, gap = math.ceil(height / 3), math.ceil(width / 10)
+    mosaic = np.ones((rows * (band + height), columns * (width + gap) - gap))
+    origins = []
+    for index, image in enumerate(images):
+        top = (index // columns) * (band + height) + band
+        left = (index % columns) * (width + gap)
+        mosaic[top : top + height, left : left + width] = image
+        origins.append((left + (width - 1) / 2, top - 0.5))
+    return mosaic, origins

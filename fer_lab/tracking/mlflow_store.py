@@ -34,10 +34,10 @@ def prepare_tracking_store(uri: str) -> None:
             os.environ.setdefault(name, value)
         probe_server(uri)
     elif is_sqlite_url(uri) and uri not in _prepared:
-        from mlflow import MlflowClient
-
         with prepared_sqlite(uri):
             if not _has_default_experiment(uri):
+                from mlflow import MlflowClient  # only here: the CLI's checks stay light
+
                 MlflowClient(uri)  # builds the store: tables, migrations, Default experiment
         _prepared.add(uri)
 
