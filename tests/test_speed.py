@@ -144,7 +144,7 @@ def test_unknown_pipeline_is_a_config_error() -> None:
 
 def test_speed_defaults_follow_the_trainer() -> None:
     cpu = compose_config("trainer=cpu")
-    assert cpu.speed.channels_last is False and cpu.data.pin_memory is False
+    assert cpu.speed.channels_last is True and cpu.data.pin_memory is False
     assert cpu.data.num_workers == loader_workers("cpu") <= 2
     gpu = compose_config("trainer=gpu")
     assert gpu.speed.channels_last is True and gpu.data.pin_memory is True
@@ -287,13 +287,25 @@ def test_the_plain_script_gets_the_allocator_settings_of_fer_lab() -> None:
 
 def test_heavy_imports_run_without_collections_and_are_frozen_after() -> None:
     code = """
-import gc
+import gc, weakref
 from fer_lab.core.process import heavy_imports
 before = [s["collections"] for s in gc.get_stats()]
 with heavy_imports():
     garbage = [[object()] for _ in range(200_000)]  # would trigger young collections
     import email.mime.multipart
 print([s["collections"] for s in gc.get_stats()] == before, gc.isenabled(), gc.get_freeze_count())
+
+class Node:
+    pass
+def left_by_a_job():
+    node = Node()
+    node.itself = node  # a cycle: only the collector frees it
+    return weakref.ref(node)
+left = left_by_a_job()
+with heavy_imports():  # the next job of a multirun
+    pass
+print(left() is None)
 """
-    unchanged, enabled, frozen = _python(code).split()
+    unchanged, enabled, frozen, collected = _python(code).split()
     assert unchanged == "True" and enabled == "True" and int(frozen) > 200_000
+    assert collected == "True"  # not frozen for good

@@ -68,6 +68,10 @@ def heavy_imports() -> Iterator[None]:
     try:
         yield
     finally:
+        if gc.get_freeze_count():
+            # A later job of a multirun in this process: the modules are frozen already, and
+            # what the last job left must be collected now, or frozen with them for good.
+            gc.collect()
         gc.freeze()
         if was_enabled:
             gc.enable()
