@@ -216,7 +216,8 @@ def test_bench_runs_and_reports_every_field(tmp_path: Path) -> None:
     (whole,) = result["end_to_end"]  # both processes ran to the end: they exit 0 or it raises
     assert whole["model"] == "convnet0" and whole["epochs"] == 1 and whole["pairs"] == 1
     assert whole["ratios"] == [whole["fer_lab_s"][0] / whole["plain_s"][0]]
-    assert "end to end" in stdout
+    assert whole["fer_lab_channels_last"] is True  # the default; the plain script keeps NCHW
+    assert "end to end" in stdout and "| convnet0 | NHWC | 1 | 1 |" in stdout
     # 2 at a time, 4 trials, pruning off (hydra.sweeper.pruner=null); the workers schedule:
     # test_gpu_check_dry_run_on_the_cpu.
     assert [row["schedule"] for row in result["sweep"]] == ["batches"]

@@ -4,6 +4,9 @@ Each side runs as its own process, start-up to exit: fer_lab's CLI (config, data
 parse cache, training, validation, checkpoints, MLflow logging, the test and the artifacts)
 and `fer_lab.bench.plain_script` (the same network, optimiser, batch size, epochs and data
 cache, with a validation pass each epoch, the best weights saved and scored on the test split).
+The plain script keeps torch's default NCHW layout, as one written by hand would; fer_lab's
+`speed.channels_last` (default true) is reported beside the ratio, and
+`speed.channels_last=false` compares like with like.
 The two alternate, the side going first swapping each pair, and the ratio is taken per pair,
 so the drift of a shared machine between pairs cancels out; the median pair is reported.
 The plain script runs with the glibc allocator settings fer_lab's commands set for themselves
@@ -141,6 +144,7 @@ def compare_end_to_end(overrides: list[str], pairs: int, workdir: Path) -> dict[
     ratios = [f / p for f, p in zip(fer_lab_s, plain_s, strict=True)]
     return {
         "model": cfg.names.model,
+        "fer_lab_channels_last": bool(cfg.speed.channels_last),
         "command": "python -m fer_lab.train " + " ".join(overrides),
         "epochs": spec["epochs"],
         "pairs": pairs,

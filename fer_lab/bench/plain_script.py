@@ -3,13 +3,13 @@
     python -m fer_lab.bench.plain_script spec.json
 
 What a researcher would write by hand for the same FER2013 run, in plain PyTorch: the same
-network (fer_lab's class, built from the spec), Adam, batch size, epochs and pixel scaling
-(/255), the three splits read from an uncompressed .npz of uint8 faces. Each epoch trains
-on the train split in a shuffled order and scores the validation split; the best epoch's
-weights are saved with `torch.save`, and they score the test split once at the end. It
-imports torch, numpy and `fer_lab.models` (torch only): no Hydra, Lightning, albumentations
-or MLflow. The spec (JSON) and the .npz are written by `fer_lab.bench.end_to_end`, from the
-config of the CLI run.
+network (fer_lab's class, built from the spec, in torch's default NCHW layout), Adam, batch
+size, epochs and pixel scaling (/255), the three splits read from an uncompressed .npz of
+uint8 faces. Each epoch trains on the train split in a shuffled order and scores the
+validation split; the best epoch's weights are saved with `torch.save`, and they score the
+test split once at the end. It imports torch, numpy and `fer_lab.models` (torch only): no
+Hydra, Lightning, albumentations or MLflow. The spec (JSON) and the .npz are written by
+`fer_lab.bench.end_to_end`, from the config of the CLI run.
 """
 
 import importlib

@@ -38,13 +38,15 @@ def report(result: dict[str, Any]) -> str:
     if result.get("end_to_end"):
         lines.append(
             "\nend to end: whole processes, alternating (fer_lab/bench/end_to_end.py)"
-            "\n| model | epochs | pairs | fer_lab s (median) | plain script s (median) "
-            "| fer_lab/plain per pair | median |\n|---|---|---|---|---|---|---|"
+            "\n| model | fer_lab layout | epochs | pairs | fer_lab s (median) "
+            "| plain script s (median, NCHW) | fer_lab/plain per pair | median |"
+            "\n|---|---|---|---|---|---|---|---|"
         )
         for row in result["end_to_end"]:
             pairs = ", ".join(f"{ratio:.3f}" for ratio in row["ratios"])
+            layout = "NHWC" if row.get("fer_lab_channels_last") else "NCHW"
             lines.append(
-                f"| {row['model']} | {row['epochs']} | {row['pairs']} | "
+                f"| {row['model']} | {layout} | {row['epochs']} | {row['pairs']} | "
                 f"{statistics.median(row['fer_lab_s']):.1f} | "
                 f"{statistics.median(row['plain_s']):.1f} | {pairs} | "
                 f"{row['ratio_fer_lab_over_plain']:.3f} |"
