@@ -28,7 +28,7 @@ demo: install  ## train on built-in synthetic faces, logged to ./mlflow.db
 	$(BIN)/python -m fer_lab.train experiment=demo
 
 # Two test processes, slow tests first (tests/conftest.py): the long tests overlap instead of
-# queueing (fresh clone here: 15 min, against 22 one at a time). Tests of the machine's
+# queueing (fresh clone here: 12-15 min, against 22 one at a time). Tests of the machine's
 # PostgreSQL and SLURM all run in one of the two.
 PYTEST := $(BIN)/python -m pytest -n 2 --dist loadgroup
 

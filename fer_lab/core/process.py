@@ -16,10 +16,14 @@ import sys
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 
-# mallopt(3) parameters, and the values fer_lab sets: no mmap for big blocks (they come from
-# the heap and go back to it), and a heap trimmed only when over 2 GiB of its top is free.
-M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
-TRIM_THRESHOLD = 2**31 - 1  # mallopt's largest value (an int)
+# What fer_lab sets, as (mallopt(3) parameter, the environment variable glibc reads at
+# start-up for it, value): no mmap for big blocks (they come from the heap and go back to
+# it), and a heap trimmed only when over 2 GiB of its top is free (mallopt takes an int).
+M_MMAP_MAX, M_TRIM_THRESHOLD = -4, -1
+ALLOCATOR_SETTINGS = (
+    (M_MMAP_MAX, "MALLOC_MMAP_MAX_", 0),
+    (M_TRIM_THRESHOLD, "MALLOC_TRIM_THRESHOLD_", 2**31 - 1),
+)
 # Variables by which a user has already chosen glibc's allocator settings.
 USER_ALLOCATOR_ENV = (
     "MALLOC_MMAP_MAX_",
@@ -29,27 +33,32 @@ USER_ALLOCATOR_ENV = (
 )
 
 
+def user_set_allocator(environ: Mapping[str, str]) -> bool:
+    """Whether `environ` chooses glibc's allocator settings itself: they are left alone."""
+    return any(name in environ for name in USER_ALLOCATOR_ENV)
+
+
 def keep_freed_memory() -> bool:
-    """Keep big freed blocks in glibc's heap for reuse, unless the environment already sets
-    glibc's allocator (USER_ALLOCATOR_ENV: the user's choice wins). The process then keeps
-    its peak memory until it exits, which a training run reaches every step anyway. Returns
-    whether the settings were applied (not on other systems or C libraries)."""
-    if not sys.platform.startswith("linux") or any(n in os.environ for n in USER_ALLOCATOR_ENV):
+    """Keep big freed blocks in glibc's heap for reuse, unless the user set the allocator. The
+    process then keeps its peak memory until it exits, which a training run reaches every
+    step anyway. Returns whether the settings were applied (not on other systems or C
+    libraries)."""
+    if not sys.platform.startswith("linux") or user_set_allocator(os.environ):
         return False
     mallopt = getattr(ctypes.CDLL(None), "mallopt", None)
     if mallopt is None:
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    return bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+    return all([mallopt(parameter, value) for parameter, _, value in ALLOCATOR_SETTINGS])
 
 
 def same_allocator_env(environ: Mapping[str, str]) -> dict[str, str]:
     """`environ` plus what gives another program (started with it) the allocator settings a
-    fer_lab command sets for itself: glibc reads them from the environment at start-up. The
-    benchmark runs its plain script so (fer_lab/bench/end_to_end.py)."""
-    if any(name in environ for name in USER_ALLOCATOR_ENV):
+    fer_lab command sets for itself. The benchmark runs its plain script so
+    (fer_lab/bench/end_to_end.py)."""
+    if user_set_allocator(environ):
         return dict(environ)  # fer_lab leaves the user's settings as they are, and so does this
-    return {**environ, "MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(TRIM_THRESHOLD)}
+    return {**environ, **{name: str(value) for _, name, value in ALLOCATOR_SETTINGS}}
 
 
 def skip_final_collections() -> None:
