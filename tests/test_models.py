@@ -154,3 +154,60 @@ def test_same_pooling_keeps_size_and_ignores_padding() -> None:
 def test_cntk_simple_strided_layer_halves_the_map() -> None:
     net = CNTKNet(2, [8, 16, 16], [5, 5, 5], [1, 1, 2], ["avg", "avg", "avg"])
     assert net.classifier[-1].in_features == 16 * 24 * 24
+
+
+def fer_vgg_default_keys() -> set[str]:
+    """The state_dict keys of fer_vgg as checkpoints before its width/depth/residual options
+    hold them: per stage conv-BN-ReLU twice, then the pool; the head's two linear layers."""
+    keys = set()
+    for stage in range(4):
+        for conv, bn in ((0, 1), (3, 4)):
+            keys |= {f"features.{stage}.{conv}.{p}" for p in ("weight", "bias")}
+            stats = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
+            keys |= {f"features.{stage}.{bn}.{p}" for p in stats}
+    return keys | {f"head.{layer}.{p}" for layer in (3, 6) for p in ("weight", "bias")}
+
+
+def test_fer_vgg_defaults_keep_the_checkpoint_layout() -> None:
+    net, _ = build("fer_vgg")
+    explicit, _ = build("fer_vgg", "synthetic", "model.width=1", "model.depth=1")
+    assert set(net.state_dict()) == set(explicit.state_dict()) == fer_vgg_default_keys()
+    explicit.load_state_dict(net.state_dict())  # strict: same names, same shapes
+
+
+def conv_widths(net: torch.nn.Module) -> list[int]:
+    return [m.out_channels for m in net.features.modules() if isinstance(m, torch.nn.Conv2d)]
+
+
+def test_fer_vgg_width_scales_every_stage() -> None:
+    net, _ = build("fer_vgg", "synthetic", "model.width=0.5")
+    assert conv_widths(net) == [32, 32, 64, 64, 128, 128, 256, 256]
+    assert net.head[3].in_features == 256
+
+
+def test_fer_vgg_depth_repeats_the_conv_pairs() -> None:
+    net, _ = build("fer_vgg", "synthetic", "model.depth=2")
+    assert conv_widths(net) == [c for c in (64, 128, 256, 512) for _ in range(4)]
+
+
+def test_fer_vgg_residual_pairs_add_their_shortcut() -> None:
+    net, cfg = build("fer_vgg", "synthetic", "model.residual=true", "model.depth=2")
+    first, second = net.features[0][0], net.features[0][1]
+    assert isinstance(first.shortcut[0], torch.nn.Conv2d)  # 1 -> 64 channels: a projection
+    assert isinstance(second.shortcut, torch.nn.Identity)  # 64 -> 64
+    x = torch.rand(2, 64, 12, 12)
+    with torch.no_grad():
+        second.body[-1].weight.zero_()  # the body's last BN then outputs its bias: zero
+        second.body[-1].bias.zero_()
+        assert torch.equal(second(x), torch.relu(x))  # what is left is the shortcut
+    net.eval()
+    size = cfg.model.input_size
+    assert net(torch.rand(2, 1, size, size)).shape == (2, 7)
+
+
+@pytest.mark.parametrize(
+    ("override", "key"), [("model.width=0", "model.width"), ("model.depth=0", "model.depth")]
+)
+def test_fer_vgg_bad_levers_name_their_key(override: str, key: str) -> None:
+    with pytest.raises(InstantiationException, match=key):
+        build("fer_vgg", "synthetic", override)

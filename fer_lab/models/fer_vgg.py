@@ -3,6 +3,11 @@
 Four stages of two 3x3 conv-BN-ReLU layers and a 2x2 max-pool (64-128-256-512 channels, the
 layout of the VGG variants that lead FER2013 from scratch), then global average pooling, so
 the head stays small (4,821,191 parameters for 7 classes) and any input size works.
+
+Three recipe levers for sweeps, off by default (the default network, and so its checkpoints'
+state_dict keys, stay as they were): `width` scales every stage's channels, `depth` repeats
+each stage's conv pair, `residual` adds a shortcut around each pair (ResNet's basic block,
+with a 1x1 projection where the channels change).
 """
 
 from collections.abc import Sequence
@@ -13,11 +18,41 @@ from torch import nn
 from fer_lab.models.base import FERNet
 
 
-def _stage(in_channels: int, out_channels: int) -> nn.Sequential:
+def _conv_bn_relu(in_channels: int, out_channels: int) -> list[nn.Module]:
+    conv = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+    return [conv, nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True)]
+
+
+class ResidualPair(nn.Module):
+    """Two conv-BN layers with a shortcut added before the last ReLU."""
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            *_conv_bn_relu(in_channels, out_channels),
+            nn.Conv2d(out_channels, out_channels, 3, padding=1),
+            nn.BatchNorm2d(out_channels),
+        )
+        self.shortcut: nn.Module = (
+            nn.Identity()
+            if in_channels == out_channels
+            else nn.Sequential(
+                nn.Conv2d(in_channels, out_channels, 1, bias=False), nn.BatchNorm2d(out_channels)
+            )
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.body(x) + self.shortcut(x))
+
+
+def _stage(in_channels: int, out_channels: int, depth: int, residual: bool) -> nn.Sequential:
     layers: list[nn.Module] = []
-    for i in range(2):
-        conv = nn.Conv2d(in_channels if i == 0 else out_channels, out_channels, 3, padding=1)
-        layers += [conv, nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True)]
+    for pair in range(depth):
+        first = in_channels if pair == 0 else out_channels
+        if residual:
+            layers.append(ResidualPair(first, out_channels))
+        else:
+            layers += _conv_bn_relu(first, out_channels) + _conv_bn_relu(out_channels, out_channels)
     return nn.Sequential(*layers, nn.MaxPool2d(2))
 
 
@@ -32,11 +67,18 @@ class FERVGG(FERNet):
         channels: Sequence[int] = (64, 128, 256, 512),
         hidden: int = 256,
         dropout: float = 0.4,
+        width: float = 1.0,
+        depth: int = 1,
+        residual: bool = False,
     ) -> None:
         super().__init__(num_classes, in_channels, input_size)
-        widths = [in_channels, *channels]
+        if not width > 0:
+            raise ValueError(f"model.width scales the channels and must be > 0, got {width}")
+        if not (isinstance(depth, int) and depth >= 1):
+            raise ValueError(f"model.depth is conv pairs per stage, an integer >= 1, got {depth}")
+        widths = [in_channels, *(max(1, round(c * width)) for c in channels)]
         self.features = nn.Sequential(
-            *(_stage(widths[i], widths[i + 1]) for i in range(len(channels)))
+            *(_stage(widths[i], widths[i + 1], depth, residual) for i in range(len(channels)))
         )
         self.head = nn.Sequential(
             nn.AdaptiveAvgPool2d(1),
