@@ -66,6 +66,7 @@ class FERDataModule(pl.LightningDataModule):
         pin_memory: bool = False,
         seed: int | None = None,
         pipeline: str = "per_sample",
+        on_device_budget_mb: float = 4096,
     ) -> None:
         super().__init__()
         if batch_size < 1:
@@ -80,6 +81,7 @@ class FERDataModule(pl.LightningDataModule):
         self.pin_memory = pin_memory
         self.seed = seed
         self.pipeline = pipeline
+        self.on_device_budget_mb = float(on_device_budget_mb)
         self.augmentation, self.preprocess = list(augmentation), preprocess
         self.train_transform, self.eval_transform = build_transforms(
             image_size, augmentation, preprocess, seed
@@ -179,6 +181,7 @@ class FERDataModule(pl.LightningDataModule):
             rank=rank,
             world_size=trainer.world_size if trainer is not None else 1,
             current_epoch=(lambda: trainer.current_epoch) if trainer is not None else lambda: 0,
+            memory_budget_mb=self.on_device_budget_mb,
         )
 
     def train_dataloader(self) -> Iterable:

@@ -19,6 +19,7 @@ geometry (affine matrices of geometric transforms), warp (their resampling), pix
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 
 import albumentations as A
@@ -103,21 +104,41 @@ class BatchTransform:
         """Whether calls differ from one another (else a split can be transformed once)."""
         return train and bool(self.steps)
 
-    def __call__(self, images: Tensor, train: bool) -> Tensor:
-        """float32 [B, C, image_size, image_size]; `train=False` only resizes and normalises."""
+    @functools.cached_property
+    def columns(self) -> int:
+        """How many uniform numbers each image draws: the width of `uniforms`' table."""
+        draw = Draw.counting(torch.device("cpu"))
+        self._augment(torch.zeros(1, 3, self.image_size, self.image_size), draw)
+        return draw.used
+
+    def uniforms(self, n: int, device: torch.device) -> Tensor:
+        """The random numbers of `n` images [n, columns], in one call from the stream."""
+        generator = self.generator(device)
+        return torch.rand(n, self.columns, generator=generator, device=device)
+
+    def __call__(self, images: Tensor, train: bool, uniforms: Tensor | None = None) -> Tensor:
+        """float32 [B, C, image_size, image_size]; `train=False` only resizes and normalises.
+        Training draws each image's numbers from the stream, or takes them from `uniforms`
+        ([B, columns], row i for image i)."""
         if images.dtype != torch.uint8 or images.dim() != 4:
             raise TypeError(
                 f"expected uint8 [B, C, H, W], got {images.dtype} {tuple(images.shape)}"
             )
         x = self._resize(images.float())
         if train and self.steps:
-            draw = Draw(len(x), self.generator(x.device), x.device)
-            for step in self.steps:
-                if isinstance(step, list):
-                    x = self._geometric(x, step, draw)
-                else:
-                    x = self._pixel(x, step, draw)
+            if uniforms is None:
+                uniforms = self.uniforms(len(x), x.device)
+            x = self._augment(x, Draw(uniforms))
         return self.normalise(x)
+
+    def _augment(self, x: Tensor, draw: Draw) -> Tensor:
+        for step in self.steps:
+            x = (
+                self._geometric(x, step, draw)
+                if isinstance(step, list)
+                else self._pixel(x, step, draw)
+            )
+        return x
 
     def _resize(self, x: Tensor) -> Tensor:
         size = (self.image_size, self.image_size)

@@ -7,6 +7,7 @@ As in albumentations, every sample draws its own parameters (`Draw`) and its own
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -19,13 +20,28 @@ BORDERS = (CONSTANT, REPLICATE, REFLECT, REFLECT_101)  # not BORDER_WRAP
 
 
 class Draw:
-    """Per-sample random numbers for a batch of `n` images, from one generator."""
+    """Per-sample random numbers for a batch: columns of one table [n, columns] of uniforms,
+    drawn in a single call, handed out in the order the ops ask for them.
 
-    def __init__(self, n: int, generator: torch.Generator, device: torch.device) -> None:
-        self.n, self.generator, self.device = n, generator, device
+    Row i belongs to image i alone, so an image's augmentation is the same whatever batch or
+    chunk it is transformed in. `Draw.counting` hands out stand-in values and only counts the
+    columns, to size the table before any is drawn.
+    """
+
+    def __init__(self, table: Tensor) -> None:
+        self.table, self.used = table, 0
+        self.n, self.device = table.shape[0], table.device
+
+    @classmethod
+    def counting(cls, device: torch.device) -> Draw:
+        return cls(torch.full((1, 0), 0.5, device=device))
 
     def rand(self, *shape: int) -> Tensor:
-        return torch.rand(self.n, *shape, generator=self.generator, device=self.device)
+        width = math.prod(shape)
+        start, self.used = self.used, self.used + width
+        if self.table.shape[1] == 0:  # counting
+            return torch.full((self.n, *shape), 0.5, device=self.device)
+        return self.table[:, start : self.used].view(self.n, *shape)
 
     def uniform(self, lo: Any, hi: Any, *shape: int) -> Tensor:
         return lo + (hi - lo) * self.rand(*shape)
