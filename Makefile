@@ -12,8 +12,15 @@ BENCH_DATA := $(if $(wildcard $(FER2013)),dataset.path=$(FER2013),dataset=synthe
 DEVICE ?= cpu
 BENCH_ARGS ?=
 GPU_CHECK_ARGS ?=
+# `make wheelhouse`: the offline node's Python and platform (`ldd --version` gives its glibc),
+# its `pip freeze` in a file (what it has is left out), more names to leave out, the folder.
+WHEEL_PYTHON ?= 3.12
+WHEEL_PLATFORM ?= manylinux_2_28_x86_64
+WHEEL_NODE_FREEZE ?=
+WHEEL_EXCLUDE ?=
+WHEEL_DIR ?= logs/wheelhouse
 
-.PHONY: install demo test test-fast bench gpu-check lint format ui clean
+.PHONY: install demo test test-fast bench gpu-check wheelhouse lint format ui clean
 
 install: $(VENV)/.installed
 
@@ -43,6 +50,9 @@ bench: install  ## fer_lab vs a plain PyTorch loop (per step, end to end), data 
 
 gpu-check: install  ## the GPU path end to end in ~8 min on one H100/H200: logs/gpu_check/gpu_check.{json,md}
 	$(BIN)/python -m fer_lab.gpu_check --device cuda $(if $(wildcard $(FER2013)),--fer2013 $(FER2013)) $(GPU_CHECK_ARGS)
+
+wheelhouse: install  ## wheels for a GPU node without internet, less torch and what WHEEL_NODE_FREEZE lists; there: pip install --no-index --find-links $(WHEEL_DIR) fer_lab
+	$(BIN)/python -m fer_lab.core.wheelhouse --python $(WHEEL_PYTHON) --platform $(WHEEL_PLATFORM) --out $(WHEEL_DIR) $(if $(WHEEL_NODE_FREEZE),--node-freeze $(WHEEL_NODE_FREEZE)) $(foreach name,$(WHEEL_EXCLUDE),--exclude $(name))
 
 lint: install
 	$(BIN)/ruff check .
