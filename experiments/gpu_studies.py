@@ -137,6 +137,8 @@ def arguments(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--fer2013 {args.fer2013}: no such file (the studies need FER2013; --tiny)")
     if args.jobs < 1:
         parser.error("--jobs must be at least 1")
+    given = sys.argv[1:] if argv is None else argv
+    args.command = shlex.join(["python", "experiments/gpu_studies.py", *given])
     return args
 
 
@@ -278,7 +280,7 @@ class Studies:
         self.last_copy = self.began
         previous = self._previous_manifest()
         self.manifest: dict[str, Any] = {
-            "command": shlex.join([sys.executable, *sys.argv]),
+            "command": args.command,
             "started": now_iso(),
             "budget_s": args.budget_s,
             "jobs_at_once": args.jobs,
