@@ -47,6 +47,9 @@ def test_the_plan_is_every_study_at_its_recipe(tmp_path: Path) -> None:
     argv = ["--out", str(out), "--workdir", str(tmp_path / "work"), "--fer2013", str(fer2013)]
     argv += ["--gpu-check", "--dry-run"]
     assert gpu_studies.main(argv) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["command"] == "python experiments/gpu_studies.py " + " ".join(argv)
+    assert manifest["status"] == "planned"
     jobs = manifest_jobs(out)
     assert next(iter(jobs)) == "gpu-check"
     check = jobs["gpu-check"]["command"]
