@@ -123,3 +123,25 @@ class Stall(pl.Callback):
         if trainer.current_epoch == self.epoch and not self.marker.exists():
             self.marker.write_text("stalled")
             time.sleep(120)
+
+
+class HangFromTrial(pl.Callback):
+    """Holds each sweep trial numbered `from_trial` or above at the start of `epoch` (its first
+    epochs logged) until `release` exists, at most five minutes, after writing
+    `<folder>/hung_<trial>`: a test kills a sweep whose workers are all mid-trial, then runs the
+    same command again with `release` written, and its trials train through."""
+
+    def __init__(self, trial: int, from_trial: int, epoch: int, folder: str, release: str) -> None:
+        self.trial, self.from_trial, self.epoch = trial, from_trial, epoch
+        self.folder, self.release = Path(folder), Path(release)
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: Any) -> None:
+        if self.trial < self.from_trial or trainer.current_epoch != self.epoch:
+            return
+        if self.release.exists():
+            return
+        self.folder.mkdir(parents=True, exist_ok=True)
+        (self.folder / f"hung_{self.trial}").write_text(str(os.getpid()))
+        deadline = time.monotonic() + 300
+        while not self.release.exists() and time.monotonic() < deadline:
+            time.sleep(0.2)

@@ -83,3 +83,18 @@ def test_storage_url_can_come_from_the_environment(monkeypatch: pytest.MonkeyPat
         cfg = compose("train", overrides=["hparams_search=optuna"], return_hydra_config=True)
     node = OmegaConf.to_container(cfg.hydra.sweeper, resolve=False)
     assert node["storage"].startswith("${oc.env:FER_LAB_OPTUNA_STORAGE,")
+
+
+def test_credentials_from_the_environment_are_masked_as_typed_and_as_sent(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import base64
+
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "sweeper")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "correct-horse-battery")
+    monkeypatch.setenv("PGPASSWORD", "pg-secret-1")
+    header = base64.b64encode(b"sweeper:correct-horse-battery").decode()
+    text = f"login correct-horse-battery, Authorization: Basic {header}, db pg-secret-1"
+    assert mask_secrets(text) == "login ***, Authorization: Basic ***, db ***"
+    monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD")
+    assert mask_secrets("correct-horse-battery") == "correct-horse-battery"  # not a secret now

@@ -1,6 +1,6 @@
 """One study, several workers: processes started at the same moment against one storage
 (a journal file, a fresh PostgreSQL database) add up to exactly `n_trials`, share one MLflow
-parent run, and a worker killed mid-trial leaves no trial RUNNING."""
+parent run (killed workers: tests/test_sweep_crashes.py)."""
 
 import contextlib
 import os
@@ -19,7 +19,7 @@ from optuna.trial import TrialState
 
 from fer_lab.sweeps.storage import open_storage
 
-from .helpers import REPO_ROOT, fault
+from .helpers import REPO_ROOT
 from .test_sweeps import TINY, sweep_runs
 
 pytestmark = pytest.mark.slow
@@ -53,7 +53,7 @@ def states(storage: str) -> list[TrialState]:
     return [t.state for t in sorted(trials, key=lambda t: t.number)]
 
 
-# PostgreSQL workers: the killed-worker and other-machines tests below.
+# PostgreSQL workers: the other-machines test below and tests/test_sweep_crashes.py.
 @pytest.mark.parametrize("backend", ["journal"])
 def test_workers_started_together_share_one_study(
     tmp_path: Path, request: pytest.FixtureRequest, mlflow_client, backend: str
@@ -77,23 +77,6 @@ def test_workers_started_together_share_one_study(
         password = storage.split(":")[2].split("@")[0]
         assert all(password not in output for output in outputs)
         assert parent.data.params["sweep/storage"].count("***") == 1
-
-
-def test_a_killed_worker_leaves_no_running_trial(tmp_path: Path, postgres_url: str) -> None:
-    heartbeat = ["hydra.sweeper.heartbeat_interval=1", "hydra.sweeper.grace_period=3"]
-    killed = start_worker(
-        tmp_path,
-        postgres_url,
-        "hydra.sweeper.n_trials=3",
-        *heartbeat,
-        *fault("SendSignal", tmp_path, name="KILL", epoch=0, batch=1),
-    )
-    killed.communicate(timeout=600)
-    assert killed.returncode == -9
-    assert states(postgres_url) == [TrialState.RUNNING]
-    time.sleep(4)  # past the grace period: the dead trial's heartbeat is stale
-    finish(start_worker(tmp_path, postgres_url, "hydra.sweeper.n_trials=3", *heartbeat))
-    assert states(postgres_url) == [TrialState.FAIL, TrialState.COMPLETE, TrialState.COMPLETE]
 
 
 @pytest.fixture

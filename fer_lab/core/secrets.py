@@ -1,7 +1,11 @@
-"""Passwords in URLs (`postgresql://user:password@host/db`) kept out of everything fer_lab
-writes: MLflow params, tags and run names, logs, best.yaml and the configs Hydra saves."""
+"""Passwords kept out of everything fer_lab writes (MLflow params, tags and run names, logs,
+best.yaml and the configs Hydra saves): those in URLs (`postgresql://user:password@host/db`),
+and the values of the environment variables that hold credentials (MLFLOW_TRACKING_PASSWORD,
+...), as typed and as the HTTP basic-auth header carries them."""
 
+import base64
 import logging
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -14,11 +18,33 @@ MASK = "***"
 # scheme://user:password@host: the password is what lies between the first ':' after the
 # user name and the last '@' before the host.
 _URL_PASSWORD = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*://[^\s:/@]*:)([^\s/]*)(@)")
+SECRET_VARIABLES = (
+    "MLFLOW_TRACKING_PASSWORD",
+    "MLFLOW_TRACKING_TOKEN",
+    "MLFLOW_AUTH_ADMIN_PASSWORD",
+    "MLFLOW_FLASK_SERVER_SECRET_KEY",
+    "PGPASSWORD",
+)
+
+
+def secret_values() -> list[str]:
+    """This process's credentials from the environment, longest first, with the encoded
+    `user:password` of MLflow's basic-auth header."""
+    values = {value for name in SECRET_VARIABLES if (value := os.environ.get(name))}
+    password = os.environ.get("MLFLOW_TRACKING_PASSWORD")
+    if password:
+        login = f"{os.environ.get('MLFLOW_TRACKING_USERNAME', '')}:{password}"
+        values.add(base64.b64encode(login.encode()).decode())
+    return sorted(values, key=len, reverse=True)
 
 
 def mask_secrets(text: str) -> str:
-    """`text` with the password of every URL in it replaced by ***."""
-    return _URL_PASSWORD.sub(rf"\g<1>{MASK}\g<3>", text)
+    """`text` with the password of every URL in it, and every credential of SECRET_VARIABLES,
+    replaced by ***."""
+    text = _URL_PASSWORD.sub(rf"\g<1>{MASK}\g<3>", text)
+    for value in secret_values():
+        text = text.replace(value, MASK)
+    return text
 
 
 def masked(value: Any) -> Any:

@@ -5,9 +5,12 @@ storage until it holds `n_trials` finished trials. Trials train and validate onl
 (`test=false`); the best trial's config is written to `<sweep dir>/best.yaml`.
 """
 
+import contextlib
 import logging
 import subprocess
 import sys
+import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,11 +24,20 @@ from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 from optuna.distributions import BaseDistribution
+from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 
+from fer_lab.core.errors import FERLabError
 from fer_lab.core.secrets import mask_secrets
+from fer_lab.sweeps.heartbeats import (
+    KeepAlive,
+    LostTrial,
+    LostTrials,
+    counted_trials,
+    record_heartbeat,
+)
 from fer_lab.sweeps.search_space import format_override, parse_search_space
-from fer_lab.sweeps.storage import has_heartbeat, open_storage, study_lock
+from fer_lab.sweeps.storage import open_storage, study_lock
 
 if TYPE_CHECKING:
     from fer_lab.sweeps.parent_runs import SweepRun
@@ -34,6 +46,8 @@ log = logging.getLogger(__name__)
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 _ABSENT = object()
+# How often a worker with nothing left to ask looks again at the trials other workers run.
+WAIT_POLL_S = 5.0
 
 
 def start_worker() -> subprocess.Popen:
@@ -63,13 +77,17 @@ class OptunaSweeperConf:
     # training one trial at a time and asking for the next as soon as it ends: no slot waits
     # for a batch's slowest or a pruned trial. Overrides n_jobs with 1.
     workers: int = 1
-    # Failed trials tolerated in this invocation before the sweep stops.
+    # Failed trials tolerated in this invocation before the sweep stops (a trial whose worker
+    # died is retried instead, and not charged here).
     max_failures: int = 3
+    # Times a trial whose worker died (no heartbeat for grace_period s) is run again with
+    # the same parameters; the dead trial and its retry count once towards n_trials.
+    max_retries: int = 1
     sampler: Any = field(default_factory=lambda: {"_target_": "optuna.samplers.TPESampler"})
     pruner: Any = None
     params: dict[str, str] = field(default_factory=dict)
-    # Database storages: a running trial records a heartbeat this often (s); one whose
-    # heartbeat is grace_period s old (its worker died) is failed when a worker next asks.
+    # Every storage: a running trial records a heartbeat this often (s); one whose heartbeat
+    # is grace_period s old (its worker died) is failed, and retried, when a worker next asks.
     heartbeat_interval: int = 60
     grace_period: int = 180
 
@@ -96,6 +114,7 @@ class OptunaStudySweeper(Sweeper):
         heartbeat_interval: int = 60,
         grace_period: int = 180,
         workers: int = 1,
+        max_retries: int = 1,
     ) -> None:
         # Hydra instantiates `sampler` and `pruner` from their `_target_` before we get them.
         self.study_name = study_name
@@ -108,7 +127,10 @@ class OptunaStudySweeper(Sweeper):
         self.sampler = sampler
         self.pruner = pruner
         self.params = OmegaConf.to_container(params, resolve=True) if params else {}
-        self.heartbeat = {"heartbeat_interval": heartbeat_interval, "grace_period": grace_period}
+        self.heartbeat_interval = heartbeat_interval
+        self.grace_period = grace_period
+        self.lost_trials = LostTrials(grace_period, max_retries)
+        self._last_news: tuple[int, int, int] | None = None  # what _ask last logged
         self._warned: set[tuple[str, tuple[str, ...]]] = set()
 
     def setup(
@@ -122,13 +144,24 @@ class OptunaStudySweeper(Sweeper):
         self.sweep_dir = Path(config.hydra.sweep.dir)
 
     def sweep(self, arguments: list[str]) -> optuna.Study:
+        """Run the study to `n_trials`; a user's mistake that stops the sweep itself (a tracking
+        server refusing this login) ends in one line and exit code 2, as a single run's does."""
+        try:
+            return self._sweep(arguments)
+        except FERLabError as error:
+            log.error("%s", error)
+            sys.exit(2)
+
+    def _sweep(self, arguments: list[str]) -> optuna.Study:
         # Imported here so registering the plugin (on every `python -m fer_lab.train`) stays
         # light: it pulls in MLflow.
         from fer_lab.sweeps.parent_runs import SweepRun
 
         space, fixed = parse_search_space(self.params, arguments)
         space = self._drop_absent_keys(space)
-        storage = open_storage(self.storage, **self.heartbeat)
+        storage = open_storage(
+            self.storage, self.heartbeat_interval, self.grace_period, on_lost=self.lost_trials
+        )
         study = optuna.create_study(
             study_name=self.study_name,
             storage=storage,
@@ -160,7 +193,7 @@ class OptunaStudySweeper(Sweeper):
     ) -> None:
         """Ask, launch and tell batches of trials until the study's total is reached."""
         failures = 0
-        while batch := self._ask(study, storage, space):
+        while batch := self._next_batch(study, space, sweep_run):
             overrides = [self._overrides(trial, fixed, sweep_run) for trial in batch]
             self.sweep_dir.mkdir(parents=True, exist_ok=True)
             try:
@@ -170,11 +203,14 @@ class OptunaStudySweeper(Sweeper):
                     study.tell(trial, state=TrialState.FAIL)
                 sweep_run.finish(study, best_yaml=None, failed=True)
                 raise
-            returns = self.launcher.launch(overrides, initial_job_idx=batch[0].number)
+            # This process beats for its trials while they run, wherever the launcher runs them.
+            with KeepAlive(storage, [t._trial_id for t in batch], self.heartbeat_interval):
+                returns = self.launcher.launch(overrides, initial_job_idx=batch[0].number)
             for trial, result in zip(batch, returns, strict=True):
                 state = self._tell(study, trial, result)
-                sweep_run.mark_trial(trial.number, state)
-                failures += state == TrialState.FAIL
+                if state is not None:
+                    sweep_run.mark_trial(trial.number, state)
+                    failures += state == TrialState.FAIL
             if failures > self.max_failures:
                 sweep_run.finish(study, best_yaml=None, failed=True)
                 raise RuntimeError(
@@ -182,39 +218,71 @@ class OptunaStudySweeper(Sweeper):
                     "see their logs under " + str(self.sweep_dir)
                 )
 
-    def _ask(
-        self, study: optuna.Study, storage: Any, space: dict[str, BaseDistribution]
+    def _next_batch(
+        self, study: optuna.Study, space: dict[str, BaseDistribution], sweep_run: "SweepRun"
     ) -> list[optuna.Trial]:
-        """The next batch of up to `n_jobs` trials, or [] when the study's total is reached.
+        """The next batch to run; [] once the study holds `n_trials` finished trials. While
+        the rest runs in other workers, this one waits: should one of them die, its trial's
+        retry is picked up here."""
+        waiting_since = None
+        while True:
+            batch, running, lost = self._ask(study, space)
+            for trial in lost:
+                sweep_run.mark_lost(trial, self.grace_period)
+            if batch or not running:
+                return batch
+            if waiting_since is None:
+                waiting_since = time.monotonic()
+                log.info(
+                    "Waiting for %d trials running in other workers (one whose worker died is "
+                    "failed %d s after its last heartbeat, and retried here)",
+                    running,
+                    self.grace_period,
+                )
+            time.sleep(min(WAIT_POLL_S, self.heartbeat_interval))
+
+    def _ask(
+        self, study: optuna.Study, space: dict[str, BaseDistribution]
+    ) -> tuple[list[optuna.Trial], int, list[LostTrial]]:
+        """Up to `n_jobs` trials to run now, the number of trials running elsewhere, and the
+        trials found dead (failed here, their retries queued).
 
         Counted and asked under the study's lock, against the storage, so workers in other
-        processes or on other machines add up to exactly `n_trials`. Trials whose worker
-        died (stale heartbeat) are failed first; they count towards the total."""
+        processes or on other machines add up to exactly `n_trials`. Retries (WAITING) go
+        first; a dead trial and its retry count once."""
         with study_lock(self.storage, self.study_name):
-            if has_heartbeat(storage):
-                running = {t.number for t in study.get_trials(states=(TrialState.RUNNING,))}
-                optuna.storages.fail_stale_trials(study)
-                for trial in study.get_trials(states=(TrialState.FAIL,)):
-                    if trial.number in running:
-                        log.warning("Trial %d lost its worker (no heartbeat): FAIL", trial.number)
-            trials = study.get_trials(deepcopy=False)
+            lost = self.lost_trials.fail_dead(study)
+            for trial in lost:
+                retry = trial.retry_number
+                log.warning(
+                    "Trial %d lost its worker (no heartbeat for %d s): FAIL, %s",
+                    trial.trial.number,
+                    self.grace_period,
+                    f"retried as trial {retry}" if retry is not None else "retries used up",
+                )
+            trials = counted_trials(study.get_trials(deepcopy=False))
             finished = sum(t.state in FINISHED for t in trials)
-            running = len(trials) - finished
-            free = min(self.n_jobs, self.n_trials - len(trials))
-            log.info(
-                "Study %r in %s: %d of %d trials finished, %d running%s",
-                self.study_name,
-                mask_secrets(self.storage),
-                finished,
-                self.n_trials,
-                running,
-                "" if free > 0 else "; nothing left to ask",
-            )
-            batch = [study.ask(space) for _ in range(max(free, 0))]
-            if has_heartbeat(storage):  # alive from the start, before its job beats itself
-                for trial in batch:
-                    storage.record_heartbeat(trial._trial_id)
-            return batch
+            running = sum(t.state == TrialState.RUNNING for t in trials)
+            waiting = sum(t.state == TrialState.WAITING for t in trials)
+            size = min(self.n_jobs, waiting + max(self.n_trials - len(trials), 0))
+            news = (finished, running, size)
+            if news != self._last_news:
+                self._last_news = news
+                log.info(
+                    "Study %r in %s: %d of %d trials finished, %d running%s",
+                    self.study_name,
+                    mask_secrets(self.storage),
+                    finished,
+                    self.n_trials,
+                    running,
+                    "" if size > 0 else "; nothing left to ask",
+                )
+            with warnings.catch_warnings():  # Optuna's heartbeat is meant for its own loop
+                warnings.filterwarnings("ignore", "Heartbeat of storage", UserWarning)
+                batch = [study.ask(space) for _ in range(size)]
+            for trial in batch:  # alive from the start, before its worker's thread beats
+                record_heartbeat(study._storage, trial._trial_id)
+        return batch, running, lost
 
     def _drop_absent_keys(self, space: dict[str, BaseDistribution]) -> dict[str, BaseDistribution]:
         """Leave out keys the composed config lacks, so one search space serves every model;
@@ -271,6 +339,7 @@ class OptunaStudySweeper(Sweeper):
             "n_trials": self.n_trials,
             "n_jobs": self.n_jobs,
             "workers": self.workers,
+            "max_retries": self.lost_trials.max_retries,
             "sampler": OmegaConf.to_container(sweeper.sampler, resolve=True),
             # pruner=null: every trial runs its full length
             "pruner": sweeper.pruner and OmegaConf.to_container(sweeper.pruner, resolve=True),
@@ -284,9 +353,21 @@ class OptunaStudySweeper(Sweeper):
         marker = f"++sweep={{trial_id:{trial._trial_id},trial_number:{trial.number}{parent}}}"
         return [*fixed, *sampled, "test=false", marker]
 
-    def _tell(self, study: optuna.Study, trial: optuna.Trial, result: JobReturn) -> TrialState:
+    def _tell(
+        self, study: optuna.Study, trial: optuna.Trial, result: JobReturn
+    ) -> TrialState | None:
+        """Record the job's outcome; None when another worker had already failed the trial as
+        lost (its heartbeat stalled past grace_period): its retry stands for it."""
+        if study._storage.get_trial(trial._trial_id).state.is_finished():
+            log.warning(
+                "Trial %d was failed as lost while it ran (no heartbeat for %d s); its result "
+                "is dropped and its retry counts instead",
+                trial.number,
+                self.grace_period,
+            )
+            return None
         if result.status == JobStatus.COMPLETED:
-            study.tell(trial, float(result.return_value))
+            study.tell(trial, float(result.return_value), skip_if_finished=True)
             metric = self.config.optimized_metric
             log.info(
                 "Trial %d: %s = %.4f %s", trial.number, metric, result.return_value, trial.params
@@ -294,11 +375,12 @@ class OptunaStudySweeper(Sweeper):
             return TrialState.COMPLETE
         error = result._return_value
         if isinstance(error, optuna.TrialPruned):
-            study.tell(trial, state=TrialState.PRUNED)
+            study.tell(trial, state=TrialState.PRUNED, skip_if_finished=True)
             log.info("Trial %d pruned: %s", trial.number, error)
             return TrialState.PRUNED
-        trial.set_user_attr("error", f"{type(error).__name__}: {error}"[:1000])
-        study.tell(trial, state=TrialState.FAIL)
+        with contextlib.suppress(UpdateFinishedTrialError):  # failed as lost just now
+            trial.set_user_attr("error", f"{type(error).__name__}: {error}"[:1000])
+        study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
         log.error("Trial %d failed: %s: %s", trial.number, type(error).__name__, error)
         return TrialState.FAIL
 

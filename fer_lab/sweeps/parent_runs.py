@@ -8,6 +8,7 @@ import atexit
 import logging
 import os
 import signal
+import sys
 import tempfile
 from pathlib import Path
 from types import FrameType
@@ -19,9 +20,15 @@ from omegaconf import DictConfig
 from optuna.distributions import BaseDistribution
 from optuna.trial import TrialState
 
-from fer_lab.core.errors import StopRequested
+from fer_lab.core.errors import FERLabError, StopRequested
+from fer_lab.sweeps.heartbeats import LostTrial, counted_trials, retried_numbers
 from fer_lab.tracking.mlflow_store import prepare_tracking_store
-from fer_lab.tracking.run_identity import PARENT_RUN_ENV, SWEEP_TAG, logs_to_mlflow
+from fer_lab.tracking.run_identity import (
+    FAILURE_REASON_TAG,
+    PARENT_RUN_ENV,
+    SWEEP_TAG,
+    logs_to_mlflow,
+)
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -112,13 +119,33 @@ class SweepRun:
         elif state == TrialState.FAIL:
             self.client.set_terminated(run_id, status="FAILED")
 
+    def mark_lost(self, lost: LostTrial, grace_period: int) -> None:
+        """End the run of a trial whose worker died as KILLED, saying why and what became of
+        it (the leaderboard shows it KILLED, with the reason)."""
+        if self.client is None:
+            return
+        run_id = self._trial_run(lost.trial.number)
+        if run_id is None:  # it died before its run was created
+            return
+        retry = (
+            f"retried as trial {lost.retry_number}"
+            if lost.retry_number is not None
+            else "not retried (hydra.sweeper.max_retries used up)"
+        )
+        reason = f"its worker died (no heartbeat for {grace_period} s); {retry}"
+        self.client.set_tag(run_id, "optuna.trial_state", TrialState.FAIL.name)
+        self.client.set_tag(run_id, FAILURE_REASON_TAG, reason)
+        self.client.set_terminated(run_id, status="KILLED")
+
     def finish(self, study: optuna.Study, best_yaml: Path | None, failed: bool = False) -> None:
         if self.client is None:
             return
-        trials = study.get_trials(deepcopy=False)
+        every = study.get_trials(deepcopy=False)
+        trials = counted_trials(every)
         for state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL):
             count = sum(t.state == state for t in trials)
             self.client.log_metric(self.run_id, f"trials/{state.name.lower()}", count)
+        self.client.log_metric(self.run_id, "trials/retried", len(retried_numbers(every)))
         completed = [t for t in trials if t.state == TrialState.COMPLETE]
         if completed:
             best = study.best_trial
@@ -168,9 +195,13 @@ class GroupGridRuns(Callback):
         if config.hydra.sweeper._target_.endswith("OptunaSweeper"):
             return
         sweep_dir = Path(config.hydra.sweep.dir)
-        self.sweep_run = SweepRun.start(
-            config, f"grid {sweep_dir.name}", {}, {"dir": str(sweep_dir)}
-        )
+        try:
+            self.sweep_run = SweepRun.start(
+                config, f"grid {sweep_dir.name}", {}, {"dir": str(sweep_dir)}
+            )
+        except FERLabError as error:  # a tracking server that is down or refuses this login
+            log.error("%s", error)
+            sys.exit(2)
         if self.sweep_run.run_id:
             os.environ[PARENT_RUN_ENV] = self.sweep_run.run_id
             atexit.register(self._close, None)

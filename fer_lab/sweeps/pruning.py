@@ -6,8 +6,6 @@ training job as `sweep.trial_id`; the job reopens the study from the shared stor
 pruning works whether trials run in-process or in other processes (joblib, other machines).
 """
 
-import threading
-
 import optuna
 import pytorch_lightning as pl
 from hydra.core.hydra_config import HydraConfig
@@ -16,7 +14,8 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
 from fer_lab.core.secrets import masked
-from fer_lab.sweeps.storage import has_heartbeat, open_storage
+from fer_lab.sweeps.heartbeats import KeepAlive
+from fer_lab.sweeps.storage import open_storage
 
 CONFIG_ATTR = "fer_lab.config"  # the trial's config as YAML, with its group choices
 
@@ -25,11 +24,14 @@ class OptunaPruning(pl.Callback):
     """Reports `monitor` to the trial after each validation epoch; stops the run when the
     study's pruner says so (`pruned_at` then holds the epoch)."""
 
-    def __init__(self, trial: optuna.trial.Trial, monitor: str) -> None:
+    def __init__(
+        self, trial: optuna.trial.Trial, monitor: str, heartbeat_interval: float = 60
+    ) -> None:
         self.trial = trial
         self.monitor = monitor
+        self.heartbeat_interval = heartbeat_interval
         self.pruned_at: int | None = None
-        self._stop_beating = threading.Event()
+        self._heartbeat: KeepAlive | None = None
 
     @classmethod
     def for_current_job(cls, cfg: DictConfig) -> "OptunaPruning":
@@ -49,20 +51,20 @@ class OptunaPruning(pl.Callback):
         config = {"model": choices.model, "dataset": choices.dataset}
         if rank_zero_only.rank == 0:
             trial.set_user_attr(CONFIG_ATTR, masked({**config, "yaml": OmegaConf.to_yaml(cfg)}))
-        return cls(trial, cfg.optimized_metric)
+        return cls(trial, cfg.optimized_metric, sweeper.heartbeat_interval)
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.is_global_zero and has_heartbeat(self.trial.study._storage):
-            threading.Thread(target=self._beat, daemon=True).start()
-
-    def _beat(self) -> None:
-        """The trial's heartbeat while it trains; a killed worker stops beating."""
-        storage = self.trial.study._storage
-        while not self._stop_beating.wait(storage.get_heartbeat_interval()):
-            storage.record_heartbeat(self.trial._trial_id)
+        """The trial's heartbeat while it trains, also where it runs apart from its sweeper (a
+        SLURM job): a killed worker stops beating (fer_lab/sweeps/heartbeats.py)."""
+        if trainer.is_global_zero:
+            storage, trial_id = self.trial.study._storage, self.trial._trial_id
+            self._heartbeat = KeepAlive(storage, [trial_id], self.heartbeat_interval)
+            self._heartbeat.start()
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        self._stop_beating.set()
+        if self._heartbeat is not None:
+            self._heartbeat.stop()
+            self._heartbeat = None
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking or self.monitor not in trainer.callback_metrics:

@@ -8,13 +8,17 @@ import logging
 import random
 import tempfile
 import time
-from collections.abc import Iterator
+import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
+import optuna
 from filelock import FileLock
 from optuna.storages import BaseStorage, JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend
+from optuna.trial import FrozenTrial
 
 from fer_lab.tracking.sqlite_files import (
     SQLITE_TIMEOUT_S,
@@ -29,43 +33,51 @@ SCHEMA_ATTEMPTS = 5
 
 
 def open_storage(
-    spec: str, heartbeat_interval: int | None = None, grace_period: int | None = None
+    spec: str,
+    heartbeat_interval: int | None = None,
+    grace_period: int | None = None,
+    on_lost: Callable[[optuna.Study, FrozenTrial], None] | None = None,
 ) -> BaseStorage:
     """A journal file path or a database URL (sqlite://, postgresql://user:pw@host/db, ...).
 
     Optuna locks a journal per write; a sqlite:// file is created under a lock, in WAL mode,
-    and its connections wait for the write lock. Databases record each running trial's
-    heartbeat every `heartbeat_interval` s, so a trial whose worker died is failed once its
-    heartbeat is `grace_period` s old (journal files have no heartbeats)."""
-    heartbeat = {"heartbeat_interval": heartbeat_interval, "grace_period": grace_period}
-    if is_sqlite_url(spec):
-        with prepared_sqlite(spec):
-            connect = {"connect_args": {"timeout": SQLITE_TIMEOUT_S}}
-            return RDBStorage(spec, engine_kwargs=connect, **heartbeat)
-    if "://" in spec:
-        return database_storage(spec, **heartbeat)
+    and its connections wait for the write lock. Databases keep Optuna's heartbeat of each
+    running trial (every `heartbeat_interval` s; `on_lost` is called for each trial
+    `optuna.storages.fail_stale_trials` fails once its heartbeat is `grace_period` s old); a
+    journal file gets fer_lab's (fer_lab/sweeps/heartbeats.py)."""
+    heartbeat = {
+        "heartbeat_interval": heartbeat_interval,
+        "grace_period": grace_period,
+        "heartbeat_stale_trial_callback": on_lost,
+    }
+    with warnings.catch_warnings():  # the heartbeat is "experimental" since Optuna 2.9
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        if is_sqlite_url(spec):
+            with prepared_sqlite(spec):
+                connect = {"connect_args": {"timeout": SQLITE_TIMEOUT_S}}
+                return RDBStorage(spec, engine_kwargs=connect, **heartbeat)
+        if "://" in spec:
+            return database_storage(spec, **heartbeat)
     path = Path(spec).expanduser()
     path.parent.mkdir(parents=True, exist_ok=True)
     return JournalStorage(JournalFileBackend(str(path)))
 
 
-def database_storage(url: str, **heartbeat: int | None) -> RDBStorage:
+def database_storage(url: str, **heartbeat: Any) -> RDBStorage:
     """Optuna's storage on a database server. Two workers started together on an empty
     database both create Optuna's tables, and one fails (`alembic_version` already exists);
-    it waits a moment and opens the tables the other made."""
+    it waits a moment and opens the tables the other made. Pooled connections are checked
+    before use, so a restarted server costs a reconnect, not an error."""
     from sqlalchemy.exc import DBAPIError
 
+    engine = {"pool_pre_ping": True}
     for _ in range(SCHEMA_ATTEMPTS - 1):
         try:
-            return RDBStorage(url, **heartbeat)
+            return RDBStorage(url, engine_kwargs=engine, **heartbeat)
         except DBAPIError as error:
             log.info("Optuna storage not ready (%s); trying again", type(error.orig).__name__)
             time.sleep(0.5 + random.random())
-    return RDBStorage(url, **heartbeat)  # the last attempt raises what it meets
-
-
-def has_heartbeat(storage: BaseStorage) -> bool:
-    return isinstance(storage, RDBStorage) and storage.get_heartbeat_interval() is not None
+    return RDBStorage(url, engine_kwargs=engine, **heartbeat)  # the last attempt raises
 
 
 @contextlib.contextmanager

@@ -22,7 +22,7 @@ from mlflow.exceptions import MlflowException
 
 from fer_lab.tracking.figures import save_png
 from fer_lab.tracking.mlflow_store import prepare_tracking_store
-from fer_lab.tracking.run_identity import SWEEP_TAG
+from fer_lab.tracking.run_identity import FAILURE_REASON_TAG, SWEEP_TAG
 
 PARENT_TAG = "mlflow.parentRunId"
 RANKED_BY = "val/acc_best"
@@ -42,6 +42,7 @@ class Entry:
     epochs: int
     wall_s: float
     val_curve: list[float] = field(default_factory=list)  # val/acc per epoch
+    note: str = ""  # why a run ended KILLED or FAILED
 
 
 def children_of(client: MlflowClient, parent_run_id: str) -> list[Run]:
@@ -55,18 +56,23 @@ def entry_of(client: MlflowClient, run: Run) -> Entry:
     metrics, tags, info = run.data.metrics, run.data.tags, run.info
     curve = [m.value for m in client.get_metric_history(info.run_id, "val/acc")]
     end_ms = info.end_time or time.time() * 1000
+    # A pruned trial's run is KILLED, the tag says PRUNED; a trial whose worker died is FAIL
+    # in Optuna and KILLED in MLflow (then retried): shown KILLED.
+    status = tags.get("optuna.trial_state", info.status)
+    if status == "FAIL" and info.status == "KILLED":
+        status = "KILLED"
     return Entry(
         run_id=info.run_id,
         name=info.run_name or info.run_id,
         model=tags.get("model", "?"),
-        # A pruned trial's run is KILLED; the tag says why.
-        status=tags.get("optuna.trial_state", info.status),
+        status=status,
         val_acc_best=metrics.get(RANKED_BY, math.nan),
         test_acc=metrics.get("test/acc", math.nan),
         params=float(run.data.params.get("model/params_total", math.nan)),
         epochs=len(curve),
         wall_s=round((end_ms - info.start_time) / 1000, 1),
         val_curve=curve,
+        note=tags.get(FAILURE_REASON_TAG, ""),
     )
 
 
@@ -88,11 +94,14 @@ def as_table(entries: list[Entry]) -> pd.DataFrame:
             "epochs": e.epochs,
             "wall_s": e.wall_s,
             "status": e.status,
+            "note": e.note,
             "run_id": e.run_id,
         }
         for rank, e in enumerate(entries, 1)
     ]
-    return pd.DataFrame(rows)
+    columns = ["rank", "run", "model", RANKED_BY, "test/acc", "params", "epochs", "wall_s"]
+    # The columns also without rows: a sweep whose trials all failed before their runs began.
+    return pd.DataFrame(rows, columns=[*columns, "status", "note", "run_id"])
 
 
 def as_markdown(entries: list[Entry]) -> str:
@@ -100,6 +109,7 @@ def as_markdown(entries: list[Entry]) -> str:
     for column in (RANKED_BY, "test/acc"):
         table[column] = table[column].map(lambda v: "-" if math.isnan(v) else f"{100 * v:.2f}%")
     table["params"] = table["params"].map(lambda v: "-" if math.isnan(v) else f"{int(v):,}")
+    table["note"] = table["note"].map(lambda note: note[:100].replace("|", "/"))
     lines = [list(table.columns), ["---"] * len(table.columns), *table.astype(str).values.tolist()]
     return "\n".join("| " + " | ".join(str(cell) for cell in line) + " |" for line in lines)
 

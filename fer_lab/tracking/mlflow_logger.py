@@ -33,11 +33,11 @@ from pytorch_lightning.utilities.rank_zero import rank_zero_only
 from fer_lab.core.errors import TrackingError
 from fer_lab.tracking.deliveries import DeliveryQueue
 from fer_lab.tracking.mlflow_store import is_connectivity_error, prepare_tracking_store
+from fer_lab.tracking.run_identity import FAILURE_REASON_TAG
 from fer_lab.tracking.ui_view import add_key_metrics_view
 
 log = logging.getLogger(__name__)
 
-FAILURE_REASON_TAG = "fer_lab.failure_reason"
 UNDELIVERED_TAG = "fer_lab.undelivered"
 _METRIC_NAME_JUNK = re.compile("[^a-zA-Z0-9_/. -]+")  # what MLflow rejects, as PL strips it
 _PL_STATUS = {"success": "FINISHED", "finished": "FINISHED", "failed": "FAILED"}
@@ -95,9 +95,20 @@ class FERMLflowLogger(MLFlowLogger):
     @rank_zero_experiment
     def experiment(self) -> MlflowClient:
         """PL's lazy run creation; the experiment lookup tolerates parallel trials creating it."""
-        if not self._initialized and self._run_id is None and self._experiment_id is None:
-            self._experiment_id = self._experiment_id_for(self._experiment_name)
-        return super().experiment
+        try:
+            if not self._initialized and self._run_id is None and self._experiment_id is None:
+                self._experiment_id = self._experiment_id_for(self._experiment_name)
+            return super().experiment
+        except MlflowException as error:
+            if error.error_code != "PERMISSION_DENIED":
+                raise
+            user = os.environ.get("MLFLOW_TRACKING_USERNAME", "(no MLFLOW_TRACKING_USERNAME)")
+            raise TrackingError(
+                f"MLflow user {user} may not log to experiment {self._experiment_name!r} on "
+                f"{self._tracking_uri}: {error.message}. Ask the server's admin for EDIT on it "
+                "(README, Scale out), or log as another user (MLFLOW_TRACKING_USERNAME, "
+                "MLFLOW_TRACKING_PASSWORD)."
+            ) from None
 
     def _experiment_id_for(self, name: str) -> str:
         client = self._mlflow_client

@@ -1,5 +1,7 @@
 """The MLflow tracking store, checked before a run uses it: a fast, clear failure for an
-unreachable server; a SQLite file created once, under a lock (fer_lab/tracking/sqlite_files.py).
+unreachable server or one that refuses this process's login (MLFLOW_TRACKING_USERNAME /
+MLFLOW_TRACKING_PASSWORD); a SQLite file created once, under a lock
+(fer_lab/tracking/sqlite_files.py).
 """
 
 import contextlib
@@ -8,6 +10,7 @@ import sqlite3
 from urllib.parse import urlparse
 
 from fer_lab.core.errors import TrackingError
+from fer_lab.core.secrets import mask_secrets
 from fer_lab.tracking.sqlite_files import (
     SQLITE_TIMEOUT_S,
     is_sqlite_url,
@@ -26,13 +29,15 @@ _prepared: set[str] = set()
 def prepare_tracking_store(uri: str) -> None:
     """Make `uri` safe to use before an MlflowClient touches it.
 
-    http(s): cap MLflow's HTTP retries (unless set in the environment) and check `/health`;
-    sqlite: create and migrate the file once, under a lock, in WAL mode; anything else: nothing.
+    http(s): cap MLflow's HTTP retries (unless set in the environment), check `/health` and
+    that the server takes this process's credentials; sqlite: create and migrate the file once,
+    under a lock, in WAL mode; anything else: nothing.
     """
     if urlparse(uri).scheme in ("http", "https"):
         for name, value in HTTP_LIMITS.items():
             os.environ.setdefault(name, value)
         probe_server(uri)
+        check_credentials(uri)
     elif is_sqlite_url(uri) and uri not in _prepared:
         with prepared_sqlite(uri):
             if not _has_default_experiment(uri):
@@ -109,4 +114,44 @@ def probe_server(uri: str) -> None:
         f"Start it (`make ui`, or `mlflow server --backend-store-uri sqlite:///mlflow.db "
         f"--port {port}`), or unset MLFLOW_TRACKING_URI (or logger.tracking_uri) to log to "
         f"./mlflow.db, or train with logger=csv."
+    )
+
+
+# Any authenticated read: it answers 401 without, or with a wrong, login.
+LOGIN_PROBE = "/api/2.0/mlflow/experiments/search"
+LOGIN_VARIABLES = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
+
+
+def check_credentials(uri: str) -> None:
+    """Raise TrackingError, naming MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD, when
+    the server (MLflow's basic-auth app, or a proxy in front of it) refuses the login MLflow
+    sends from them; the request is MLflow's own, with whatever credentials it would send."""
+    from mlflow.utils.credentials import get_default_host_creds
+    from mlflow.utils.rest_utils import http_request
+
+    response = http_request(
+        get_default_host_creds(uri),
+        LOGIN_PROBE,
+        "GET",
+        params={"max_results": 1},
+        max_retries=0,
+        timeout=2 * PROBE_TIMEOUT_S,
+        raise_on_status=False,
+    )
+    if response.status_code != 401:
+        return
+    given = [name for name in LOGIN_VARIABLES if os.environ.get(name)]
+    where = f"MLflow tracking server {mask_secrets(uri)}"
+    both = " and ".join(LOGIN_VARIABLES)
+    if len(given) == len(LOGIN_VARIABLES):
+        user = os.environ["MLFLOW_TRACKING_USERNAME"]
+        problem = f"refused the login of user {user!r} (HTTP 401): check {both}"
+    elif given:
+        missing = next(name for name in LOGIN_VARIABLES if name not in given)
+        problem = f"wants a login (HTTP 401); {given[0]} is set, {missing} is not: set {both}"
+    else:
+        problem = f"wants a login (HTTP 401) and none was given: set {both}"
+    raise TrackingError(
+        f"{where} {problem} to your user on it (its admin creates users and grants them an "
+        "experiment: README, Scale out)."
     )

@@ -17,6 +17,8 @@ from fer_lab.tracking.provenance import describe_hardware, git_commit
 PARENT_RUN_ENV = "FER_LAB_PARENT_RUN_ID"
 # On a parent run: the name of its study or grid.
 SWEEP_TAG = "fer_lab.sweep"
+# On a run that ended KILLED or FAILED: why.
+FAILURE_REASON_TAG = "fer_lab.failure_reason"
 
 
 def logs_to_mlflow(config: DictConfig) -> bool:
