@@ -4,13 +4,21 @@ H100/H200), with its numbers in one JSON file and a Markdown summary.
     python -m fer_lab.gpu_check --fer2013 ../shared/data/fer2013.csv.gz
     python -m fer_lab.gpu_check --device cpu --epochs 1 dataset=synthetic ...   # dry run
 
-Each step is the command a user runs, in its own process: the bench (free-running overhead of
-`experiment=fer_lab_best` against a plain loop, on-device vs per-sample data throughput), then
-`python -m fer_lab.train experiment=fer_lab_best` for as many epochs as the budget leaves (sized
-from the bench's speed), `eval` (ten-crop), `predict` (on photos made from test faces) and
-`visualize` on the checkpoint it made, and trials per hour of a sweep with 4 trials at once.
-A failed step is recorded with its output and the others still run; the exit code is 1 then.
-Without FER2013 the built-in synthetic faces stand in.
+Each step is the command a user runs, in its own process: a torch.profiler summary of a few
+training steps of `experiment=fer_lab_best` (fer_lab/bench/profile_steps.py), which also times
+the fixed start-up every command pays (imports, data, the job) up to its first batch; the bench
+(free-running overhead against a plain loop, on-device vs per-sample data throughput); then
+`python -m fer_lab.train experiment=fer_lab_best` for as many epochs as the budget leaves, `eval`
+(ten-crop), `predict` (on photos made from test faces) and `visualize` on its checkpoint; and
+trials per hour of a sweep of the recipe with `hydra.sweeper.workers=N` on the one device
+against one trial at a time, with the device's use sampled (fer_lab/bench/sweep_share.py).
+
+The budget: the epochs of training and of the sweep's trials are sized from the measured
+start-up (each later command is counted as paying it again) and the measured speed, so every
+step fits; a step still running when the budget is spent is stopped (its process group gets
+SIGTERM) and the ones left are skipped. The report is rewritten before every step, so a check
+cut off from outside keeps what it finished. A failed step is recorded with its output and the
+others still run; the exit code is 1 then. Without FER2013 the built-in synthetic faces stand in.
 """
 
 import argparse
@@ -18,20 +26,29 @@ import json
 import logging
 import math
 import os
+import re
+import signal
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import asdict, dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from fer_lab.bench.report import gpu_check_summary
+from fer_lab.sweeps.optuna_sweeper import WAIT_POLL_S
 
 log = logging.getLogger("fer_lab.gpu_check")
 EXPERIMENT = "experiment=fer_lab_best"
-# Seconds of each budget spent outside training: bench, eval/predict/visualize, the sweep.
-SHARES = {"bench": 0.15, "inference": 0.12, "sweep": 0.2}
-STARTUP_S = 25  # imports, data load and the test split around a training run's epochs
+MODEL = "fer_vgg"  # the experiment's, named for the sweep's study
+# Share of the budget the sweep is given when the training run is sized.
+SWEEP_SHARE = 0.25
+# Training epochs are counted 10% longer than the bench's speed says: checkpoints, logging.
+EPOCH_MARGIN = 1.1
+MIN_TRIAL_FRACTION = 0.05  # of an epoch, when not one whole epoch of every trial fits
+STOP_GRACE_S = 20  # for a stopped step to close its run and exit
 
 
 def arguments(argv: list[str] | None = None) -> argparse.Namespace:
@@ -42,39 +59,134 @@ def arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--budget-s", type=float, default=480)
     parser.add_argument("--epochs", type=int, default=None, help="default: what the budget fits")
     parser.add_argument("--batch-size", type=int, default=64, help="the recipe's")
+    parser.add_argument("--profile-warmup", type=int, default=10)
+    parser.add_argument("--profile-steps", type=int, default=10)
     parser.add_argument("--bench-warmup", type=int, default=5)
     parser.add_argument("--bench-steps", type=int, default=200)
-    parser.add_argument("--sweep-trials", type=int, default=4, help="trials at once")
-    parser.add_argument("--sweep-epochs", type=int, default=2)
+    parser.add_argument(
+        "--sweep-trials", type=int, default=8, help="hydra.sweeper.workers, against 1"
+    )
+    parser.add_argument(
+        "--sweep-epochs", type=int, default=None, help="default: what the budget fits"
+    )
     parser.add_argument("--out", type=Path, default=Path("logs/gpu_check"))
     return parser.parse_args(argv)
+
+
+@dataclass(frozen=True)
+class Costs:
+    """What the budget model counts, all measured: a command's fixed cost (its start-up to the
+    first batch, plus its exit), the part of it a trial pays again in a running process (data
+    and job, not imports), the training speed and one training epoch with its validation."""
+
+    fixed_s: float
+    setup_s: float
+    images_per_s: float
+    epoch_s: float
+
+
+def epoch_seconds(images_per_s: float, sizes: dict[str, int]) -> float:
+    """A training epoch and its validation at the bench's speed (validation at three times the
+    training rate, as it has no backward pass)."""
+    return sizes["train"] / images_per_s + sizes["val"] / (3 * images_per_s)
+
+
+def training_epochs(seconds_left: float, costs: Costs, sizes: dict[str, int], budget: float) -> int:
+    """Epochs of the training run that fit what is left once the start-ups of it, eval, predict
+    and visualize, its test split, eval's ten crops of it and the sweep's share are counted."""
+    test_s = sizes["test"] / (3 * costs.images_per_s)
+    sweep_s = max(SWEEP_SHARE * budget, sweep_fixed(costs))
+    reserved = 4 * costs.fixed_s + test_s + 10 * test_s + sweep_s
+    epochs = math.floor((seconds_left - reserved) / (costs.epoch_s * EPOCH_MARGIN))
+    return max(1, min(100, epochs))
+
+
+def sweep_fixed(costs: Costs) -> float:
+    """The sweep's cost before any epoch: two commands' start-ups, each trial's data and job
+    (two one after the other, then two rounds of the parallel workers), the workers' polling."""
+    return 2 * costs.fixed_s + 4 * costs.setup_s + 2 * WAIT_POLL_S
+
+
+def smallest_searched_batch() -> int:
+    """The smallest data.batch_size conf/hparams_search/optuna.yaml searches."""
+    text = (resources.files("fer_lab.conf") / "hparams_search" / "optuna.yaml").read_text()
+    (choices,) = re.findall(r"data\.batch_size:\s*choice\(([^)]*)\)", text)
+    return min(int(value) for value in choices.split(","))
+
+
+def sweep_size(
+    seconds_left: float, costs: Costs, workers: int, batch_size: int
+) -> tuple[int, float | None] | None:
+    """(epochs, fraction of each epoch or None) of the sweep's trials that fit, counted as if
+    the device ran the 2 + 2 x workers trials one after another (no gain from sharing it), at
+    the search space's smallest batch size; None when not even a sliver of an epoch fits."""
+    trial_epoch_s = costs.epoch_s * max(1.0, batch_size / smallest_searched_batch())
+    epochs = (seconds_left - sweep_fixed(costs)) / ((2 + 2 * workers) * trial_epoch_s)
+    if epochs >= 1:
+        return min(10, math.floor(epochs)), None
+    if epochs >= MIN_TRIAL_FRACTION:
+        return 1, math.floor(epochs * 100) / 100
+    return None
 
 
 def write_report(report: dict[str, Any], out: Path) -> None:
     """gpu_check.json and .md as they stand: rewritten before every step and at the end, so a
     check stopped by a time limit still leaves the steps it finished."""
     report["total_s"] = time.perf_counter() - report["started"]
-    shown = {key: value for key, value in report.items() if key != "started"}
+    shown = {key: value for key, value in report.items() if key not in ("started", "deadline")}
     (out / "gpu_check.json").write_text(json.dumps(shown, indent=2))
     (out / "gpu_check.md").write_text(gpu_check_summary(shown, EXPERIMENT))
 
 
+def stop_group(process: subprocess.Popen) -> str:
+    """SIGTERM to the step's whole process group (a sweep's workers too), SIGKILL if it has
+    not exited within STOP_GRACE_S; returns what it printed."""
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        return process.communicate(timeout=STOP_GRACE_S)[0]
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        return process.communicate()[0]
+
+
+def skip_step(name: str, command: list[str], report: dict[str, Any], reason: str) -> None:
+    report["steps"][name] = {"command": " ".join(command), "seconds": 0.0, "exit_code": None}
+    report["steps"][name]["skipped"] = reason
+    log.error("%s skipped: %s", name, reason)
+
+
 def run_step(name: str, command: list[str], report: dict[str, Any], cwd: Path) -> bool:
-    """Run one fer_lab command in `cwd`; its wall time, exit code and (on failure) output tail
-    go into `report["steps"]`. The report files there are first brought up to date."""
+    """Run one fer_lab command in `cwd` until the budget's deadline; its wall time, exit code
+    and (on failure) output tail go into `report["steps"]`. The report files there are first
+    brought up to date. Once the budget is spent, the step is recorded as skipped."""
     write_report(report, cwd)
-    log.info("%s: %s", name, " ".join(command))
-    started = time.perf_counter()
-    done = subprocess.run(
-        [sys.executable, "-m", *command], cwd=cwd, capture_output=True, text=True, check=False
-    )
-    step = {"command": " ".join(command), "seconds": time.perf_counter() - started}
-    step["exit_code"] = done.returncode
-    if done.returncode != 0:
-        step["output_tail"] = (done.stdout + done.stderr)[-4000:]
-        log.error("%s failed (exit %d):\n%s", name, done.returncode, step["output_tail"])
+    left = report["deadline"] - time.perf_counter()
+    if left <= 0:
+        skip_step(name, command, report, "the budget was spent")
+        return False
+    step: dict[str, Any] = {"command": " ".join(command), "seconds": 0.0, "exit_code": None}
     report["steps"][name] = step
-    return done.returncode == 0
+    log.info("%s: %s", name, step["command"])
+    started = time.perf_counter()
+    process = subprocess.Popen(
+        [sys.executable, "-m", *command],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        output = process.communicate(timeout=left)[0]
+    except subprocess.TimeoutExpired:
+        output = stop_group(process)
+        step["stopped"] = f"still running when the budget was spent ({left:.0f} s left at start)"
+    step["seconds"] = time.perf_counter() - started
+    step["exit_code"] = process.returncode
+    if process.returncode != 0:
+        step["output_tail"] = output[-4000:]
+        log.error("%s failed (exit %d):\n%s", name, process.returncode, step["output_tail"])
+    return process.returncode == 0
 
 
 def data_overrides(args: argparse.Namespace) -> list[str]:
@@ -82,18 +194,6 @@ def data_overrides(args: argparse.Namespace) -> list[str]:
         return [f"dataset.path={args.fer2013.resolve()}"]
     log.warning("No FER2013 file (--fer2013): the synthetic faces stand in")
     return ["dataset=synthetic"]
-
-
-def training_epochs(args: argparse.Namespace, images_per_s: float | None, sizes: dict) -> int:
-    """Epochs that fit the training share of the budget at the bench's speed (validation at
-    three times the training rate, as it has no backward pass)."""
-    if args.epochs is not None:
-        return args.epochs
-    if not images_per_s:
-        return 1
-    epoch_s = sizes["train"] / images_per_s + sizes["val"] / (3 * images_per_s)
-    seconds = args.budget_s * (1 - sum(SHARES.values())) - STARTUP_S
-    return max(1, min(100, math.floor(seconds / epoch_s)))
 
 
 def write_photos(overrides: list[str], folder: Path, count: int = 6) -> dict[str, int]:
@@ -142,6 +242,64 @@ def training_run(store: str) -> dict[str, Any]:
     }
 
 
+def profile(args: argparse.Namespace, common: list[str], report: dict, out: Path) -> None:
+    """The profiler step, first: its start-up is what every later command is counted to pay."""
+    profile_json = out / "profile.json"
+    command = ["fer_lab.bench.profile_steps", *common, "--device", args.device]
+    command += ["--warmup", str(args.profile_warmup), "--steps", str(args.profile_steps)]
+    command += ["--json", str(profile_json), "--trace", str(out / "profile_trace.json")]
+    if run_step("profile", [*command, "--launched-at", str(time.time())], report, out):
+        report["profile"] = json.loads(profile_json.read_text())
+
+
+def measured_costs(report: dict, sizes: dict[str, int]) -> Costs | None:
+    """The budget model's inputs from the profile and bench steps; None if either failed."""
+    rows = report.get("bench", {}).get("training", [])
+    if "profile" not in report or not rows:
+        return None
+    measured = report["profile"]
+    fixed = report["steps"]["profile"]["seconds"] - measured["loop_s"]
+    setup = measured["startup_s"] - measured["import_s"]
+    rate = rows[0]["fer_lab_images_per_s"]
+    return Costs(fixed, setup, rate, epoch_seconds(rate, sizes))
+
+
+def sweep(
+    args: argparse.Namespace, overrides: list[str], report: dict, out: Path, costs: Costs | None
+) -> None:
+    """workers=N against workers=1, sized to what is left of the budget: counted at the
+    training run's own epoch time where it measured one."""
+    trial = [*overrides]
+    epochs, fraction = args.sweep_epochs, None
+    if epochs is None:
+        command = ["fer_lab.bench.sweep_share", *trial]
+        if costs is None:
+            skip_step("sweep", command, report, "not sized: the profile or the bench failed")
+            return
+        epochs_per_s = report.get("train", {}).get("epochs_per_s_between_validations")
+        if epochs_per_s:
+            costs = Costs(costs.fixed_s, costs.setup_s, costs.images_per_s, 1 / epochs_per_s)
+        left = report["deadline"] - time.perf_counter()
+        size = sweep_size(left, costs, args.sweep_trials, args.batch_size)
+        if size is None:
+            reason = f"{left:.0f} s left, {sweep_fixed(costs):.0f} s of start-ups to pay first"
+            skip_step("sweep", command, report, reason)
+            return
+        epochs, fraction = size
+    if fraction is not None and not any("limit_train_batches" in o for o in overrides):
+        trial += [f"++trainer.limit_train_batches={fraction}"]
+        trial += [f"++trainer.limit_val_batches={fraction}"]
+    report["budget"]["sweep"] = {"epochs": epochs, "fraction_of_each_epoch": fraction}
+    with tempfile.TemporaryDirectory(prefix="fer_lab_gpu_check_") as workdir:
+        sweep_json = out / "sweep_share.json"
+        command = ["fer_lab.bench.sweep_share", *trial, "--model", MODEL]
+        command += ["--workers", str(args.sweep_trials), "--epochs", str(epochs)]
+        command += ["--json", str(sweep_json), "--workdir", workdir]
+        run_step("sweep", command, report, out)
+        if sweep_json.is_file():  # what it finished, also when stopped
+            report["sweep"] = json.loads(sweep_json.read_text())
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = arguments(argv)
@@ -153,6 +311,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA GPU is visible to torch (--device cpu: dry run)")
+    started = time.perf_counter()
     trainer = "trainer=gpu" if args.device == "cuda" else "trainer=cpu"
     store = f"sqlite:///{out / 'mlflow.db'}"
     os.environ["MLFLOW_TRACKING_URI"] = store  # every step logs into the check's own store
@@ -165,33 +324,32 @@ def main(argv: list[str] | None = None) -> int:
         "budget_s": args.budget_s,
         "settings": {k: str(v) for k, v in vars(args).items()},
         "steps": {},
-        "started": time.perf_counter(),
+        "started": started,
+        "deadline": started + args.budget_s,
     }
-    sizes = write_photos([EXPERIMENT, trainer, *overrides], out / "photos")
+    common = [EXPERIMENT, trainer, *overrides, f"data.batch_size={args.batch_size}"]
+    sizes = write_photos(common, out / "photos")
     report["dataset_sizes"] = sizes
 
+    profile(args, common, report, out)
     bench_json = out / "bench.json"
     # Training overrides first: they are the bench's positional arguments.
     bench = ["fer_lab.bench", EXPERIMENT, *overrides, "--device", args.device, "--timing", "free"]
-    bench += [
-        "--models",
-        "fer_vgg",
-        "--batch-size",
-        str(args.batch_size),
-        "--json",
-        str(bench_json),
-    ]
+    bench += ["--models", MODEL, "--batch-size", str(args.batch_size), "--json", str(bench_json)]
     bench += ["--warmup", str(args.bench_warmup), "--steps", str(args.bench_steps)]
     bench += ["--sections", "training", "pipelines"]
     if run_step("bench", bench, report, out):
         report["bench"] = json.loads(bench_json.read_text())
-    rows = report.get("bench", {}).get("training", [])
-    epochs = training_epochs(args, rows[0]["fer_lab_images_per_s"] if rows else None, sizes)
+
+    costs = measured_costs(report, sizes)
+    epochs = args.epochs
+    if epochs is None:
+        left = report["deadline"] - time.perf_counter()
+        epochs = 1 if costs is None else training_epochs(left, costs, sizes, args.budget_s)
+    report["budget"] = {"costs": costs and asdict(costs), "train_epochs": epochs}
 
     run_dir = out / "train"
-    train = ["fer_lab.train", EXPERIMENT, trainer, *overrides, f"trainer.max_epochs={epochs}"]
-    train.append(f"data.batch_size={args.batch_size}")
-    train.append(f"hydra.run.dir={run_dir}")
+    train = ["fer_lab.train", *common, f"trainer.max_epochs={epochs}", f"hydra.run.dir={run_dir}"]
     if run_step("train", train, report, out):
         (best,) = (run_dir / "checkpoints").glob("epoch*.ckpt")
         checkpoint = f"ckpt_path={best}"
@@ -212,15 +370,7 @@ def main(argv: list[str] | None = None) -> int:
         seconds = report["steps"]["train"]["seconds"]
         report["train"]["epochs_per_s_whole_command"] = report["train"]["epochs"] / seconds
 
-    with tempfile.TemporaryDirectory(prefix="fer_lab_gpu_check_") as workdir:
-        sweep_json = out / "sweep.json"
-        sweep = ["fer_lab.bench", *overrides, "--device", args.device, "--json", str(sweep_json)]
-        sweep += ["--sweep", str(args.sweep_trials), "--sweep-epochs", str(args.sweep_epochs)]
-        sweep += ["--sweep-schedules", "workers"]
-        sweep += ["--workdir", workdir, "--sections"]
-        if run_step("sweep", sweep, report, out):
-            report["sweep"] = json.loads(sweep_json.read_text())["sweep"]
-
+    sweep(args, [EXPERIMENT, trainer, *overrides], report, out, costs)
     write_report(report, out)
     print((out / "gpu_check.md").read_text())
     print(f"JSON: {out / 'gpu_check.json'}\nMarkdown: {out / 'gpu_check.md'}")

@@ -84,6 +84,87 @@ def memory_note(timing: str, device: str) -> str:
     )
 
 
+def profile_lines(profile: dict[str, Any]) -> list[str]:
+    """The torch.profiler summary: time per step, the GPU's idle share, the top ops."""
+    device = profile["device_ms_per_step"]
+    idle = profile["gpu_idle_share"]
+    lines = [
+        "",
+        f"Profile of {profile['steps']} training steps (batch {profile['batch_size']}, after "
+        f"{profile['warmup']} warm-up; {profile['optimizer_steps_per_step']:g} optimizer "
+        f"steps each): host {profile['host_ms_per_step']:.2f} ms a step, wall "
+        f"{profile['wall_ms_per_step']:.2f} ms, "
+        + (
+            f"device busy {device:.2f} ms: the GPU idles {idle:.1%} of each step."
+            if device is not None
+            else f"device n/a ({profile['note']})."
+        ),
+        f"Start-up to the first training batch {profile['startup_s']:.1f} s (imports "
+        f"{profile['import_s']:.1f} s); trace: {profile['trace']}.",
+        "",
+        f"| op | calls/step | {profile['ranked_by']} ms/step | share |",
+        "|---|---|---|---|",
+    ]
+    lines += [
+        f"| `{op['name'][:80]}` | {op['calls_per_step']:g} | {op['self_ms_per_step']:.3f} "
+        f"| {op['share']:.1%} |"
+        for op in profile["top_ops"]
+    ]
+    return lines
+
+
+def _shown(value: float | None, form: str) -> str:
+    return "n/a" if value is None else format(value, form)
+
+
+def sweep_lines(sweep: dict[str, Any]) -> list[str]:
+    """Trials per hour with several workers on one device against one, and the device's use."""
+    lines = [
+        "",
+        "| sweep workers | trials | epochs | wall s | trials/hour | GPU util % mean / peak "
+        "| GPU MiB peak | per process MiB peak | CPU busy |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in sweep["rows"]:
+        usage = row["usage"]
+        lines.append(
+            f"| {row['concurrent']} | {row['trials']} | {row['epochs']} | {row['wall_s']:.0f} "
+            f"| {row['trials_per_hour']:.1f} | {_shown(usage['gpu_utilisation_mean'], '.0f')} / "
+            f"{_shown(usage['gpu_utilisation_peak'], '.0f')} "
+            f"| {_shown(usage['gpu_memory_peak_mib'], ',.0f')} "
+            f"| {_shown(usage['gpu_process_memory_peak_mib'], ',.0f')} "
+            f"| {_shown(usage['cpu_busy_mean'], '.0%')} |"
+        )
+    if sweep["speedup"] is not None:
+        lines.append(
+            f"\n{sweep['rows'][-1]['concurrent']} at once: {sweep['speedup']:.2f}x the trials "
+            "per hour of one at a time."
+        )
+    sampling = {row["usage"]["gpu_sampling"] for row in sweep["rows"]} - {"ok"}
+    if sampling:
+        lines.append(f"GPU sampling: {'; '.join(sorted(sampling))}.")
+    return lines
+
+
+def budget_lines(budget: dict[str, Any]) -> list[str]:
+    """How the steps were sized, from what the profile and bench steps measured."""
+    costs = budget.get("costs")
+    if not costs:
+        return []
+    text = (
+        f"Budget model (measured): {costs['fixed_s']:.1f} s fixed per command, "
+        f"{costs['setup_s']:.1f} s of it data and job (paid again by each trial), "
+        f"{costs['epoch_s']:.1f} s an epoch at {costs['images_per_s']:,.0f} img/s: training "
+        f"{budget['train_epochs']} epochs"
+    )
+    sweep = budget.get("sweep")
+    if sweep:
+        text += f", the sweep's trials {sweep['epochs']} epochs"
+        if sweep["fraction_of_each_epoch"]:
+            text += f" of {sweep['fraction_of_each_epoch']:.0%} of an epoch each"
+    return ["", text + "."]
+
+
 def gpu_check_summary(report: dict[str, Any], experiment: str) -> str:
     """The Markdown page: what ran, how long, and the numbers."""
     lines = [
@@ -92,13 +173,17 @@ def gpu_check_summary(report: dict[str, Any], experiment: str) -> str:
         f"device {report['device']}, torch {report['torch']}, data {report['data']}, "
         f"budget {report['budget_s']:.0f} s, total {report['total_s']:.0f} s",
         "",
-        "| step | exit | seconds |",
-        "|---|---|---|",
+        "| step | exit | seconds | note |",
+        "|---|---|---|---|",
     ]
     lines += [
-        f"| {name} | {step['exit_code']} | {step['seconds']:.0f} |"
+        f"| {name} | {step['exit_code']} | {step['seconds']:.0f} "
+        f"| {step.get('skipped') or step.get('stopped') or ''} |"
         for name, step in report["steps"].items()
     ]
+    lines += budget_lines(report.get("budget", {}))
+    if "profile" in report:
+        lines += profile_lines(report["profile"])
     train = report.get("train", {})
     if train:
         lines += [
@@ -124,12 +209,8 @@ def gpu_check_summary(report: dict[str, Any], experiment: str) -> str:
             f"| {row['pipeline']} | {row['augmentation']} | {row['images_per_s']:,.0f} |"
             for row in pipelines
         ]
-    for row in report.get("sweep", []):
-        lines.append(
-            f"\nSweep ({row['schedule']}): {row['trials']} trials of {row['model']} "
-            f"({row['epochs']} epochs), {row['concurrent']} at once: "
-            f"{row['trials_per_hour']:.1f} trials/hour."
-        )
+    if report.get("sweep", {}).get("rows"):
+        lines += sweep_lines(report["sweep"])
     for name in ("predict", "visualize"):
         if name in report:
             lines.append(f"\n{name}: {report[name]}")
