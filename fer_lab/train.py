@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from fer_lab.core.cli import run, user_errors_exit_2
 from fer_lab.core.config import CONFIG_PATH
-from fer_lab.core.config_checks import check_launch, check_values
+from fer_lab.core.config_checks import check_launch, check_speed, check_values
 from fer_lab.core.process import heavy_imports
 from fer_lab.tracking.mlflow_store import prepare_tracking_store
 from hydra_plugins.fer_lab_optuna.sweeper import OptunaSweeper
@@ -31,6 +31,7 @@ Plugins.instance().register(OptunaSweeper)
 def preflight(cfg: DictConfig) -> None:
     """What can fail before any data or weights load: config values, the tracking store."""
     check_values(cfg)
+    check_speed(cfg)
     check_launch(cfg, HydraConfig.get().mode == RunMode.MULTIRUN, os.environ)
     if cfg.logger.get("tracking_uri"):
         prepare_tracking_store(cfg.logger.tracking_uri)

@@ -16,10 +16,10 @@ from fer_lab.core.errors import ConfigError
 from fer_lab.inference.checkpoint import inference_device, load_trained
 from fer_lab.inference.tta import predict_proba
 from fer_lab.training.checkpoint_io import TRUST_ENV
-from fer_lab.training.metrics import BatchMean
+from fer_lab.training.metrics import IMAGES, LOSS, TrainingTally
 from fer_lab.training.misclassified import find_misclassified, net_from_checkpoint
 from fer_lab.training.module import FERLitModule
-from fer_lab.training.stopping import NonFiniteLossError, NonFiniteLossWatch
+from fer_lab.training.stopping import NonFiniteLossError
 
 from .accelerator import OnAccelerator, host_syncs, module_to_accelerator, to_accelerator
 from .helpers import REPO_ROOT, compose_config, run_cli
@@ -52,45 +52,51 @@ def training_module(model: str = "convnet0") -> FERLitModule:
     )
 
 
-@pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")
 def test_training_step_makes_no_host_sync() -> None:
-    """Loss, metrics and the non-finite guard stay on the device; one sync every
-    NONFINITE_CHECK_EVERY steps reads the guard."""
+    """Loss, metrics and the non-finite guard stay on the device; reading the tally (at the
+    logging interval and the epoch's end) is one sync."""
     module = module_to_accelerator(training_module())
     optimizer = module.configure_optimizers()["optimizer"]
+    module.tally = TrainingTally(next(module.net.parameters()))
     batch = to_accelerator((torch.randn(8, 1, 48, 48), torch.randint(0, 7, (8,))))
     per_step = []
     for batch_idx in range(3):
         with host_syncs() as syncs:
             loss = module.training_step(batch, batch_idx)
-            module.on_train_batch_end(loss, batch, batch_idx)
         per_step.append(syncs)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()
     assert per_step == [[], [], []]
+    assert isinstance(module.tally.state, OnAccelerator)
     with host_syncs() as syncs:
-        module.nonfinite.raise_if_seen()
-    assert syncs == ["tolist"]
-    assert isinstance(module.mean_loss["train_loss"].compute(), OnAccelerator)
+        values = module.tally.state.tolist()
+    assert syncs == ["tolist"] and values[IMAGES] == 24
 
 
-def test_loss_mean_is_per_image() -> None:
-    mean = BatchMean()
-    mean.update(torch.tensor(1.0), 2)
-    mean.update(torch.tensor(3.0), 6)
-    assert mean.compute().item() == pytest.approx(2.5)
+def test_the_tally_means_are_per_image() -> None:
+    tally = TrainingTally(torch.zeros(()))
+    logits = torch.tensor([[2.0, 0.0], [0.0, 2.0], [2.0, 0.0]])
+    tally.add(torch.tensor(1.0), logits[:2], torch.tensor([0, 0]), None)
+    tally.add(torch.tensor(3.0), logits, torch.tensor([0, 1, 1]), torch.tensor(0.5))
+    means = tally.means(tally.state.tolist())
+    assert means == pytest.approx({"train/loss": 11 / 5, "train/acc": 3 / 5, "train/reg_loss": 0.3})
+    tally.start_epoch()
+    assert tally.state[LOSS] == 0 and tally.state[IMAGES] == 0
 
 
 def test_nonfinite_loss_is_reported_with_its_first_step() -> None:
-    watch = NonFiniteLossWatch()
-    watch.raise_if_seen()  # nothing observed yet
-    for step, value in enumerate([0.5, 0.4, float("inf"), float("nan"), 0.3]):
-        watch.observe(torch.tensor(value), epoch=1, step=10 + step, batch_idx=step)
+    tally = TrainingTally(torch.zeros(()), first_step=10)
+    logits, labels = torch.zeros(2, 7), torch.zeros(2, dtype=torch.long)
+    module = training_module()
+    module.tally = tally
+    module._check_finite(tally.state.tolist())  # nothing observed yet
+    for value in [0.5, 0.4, float("inf"), float("nan"), 0.3]:
+        tally.add(torch.tensor(value), logits, labels, None)
     with pytest.raises(
-        NonFiniteLossError, match=r"train/loss is inf at epoch 1, step 12 \(batch 2"
+        NonFiniteLossError, match=r"train/loss is inf at epoch 0, step 12 \(batch 2"
     ):
-        watch.raise_if_seen()
+        module._check_finite(tally.state.tolist())
 
 
 class ByBrightness(nn.Module):

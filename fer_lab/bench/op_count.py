@@ -14,8 +14,30 @@ from typing import Any
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+PLAIN = (
+    bool,
+    int,
+    float,
+    complex,
+    str,
+    torch.dtype,
+    torch.device,
+    torch.memory_format,
+    torch.layout,
+)
 # Ops that only make views or read metadata: no kernel runs for them on a GPU.
-VIEWS = {"view", "slice", "select", "expand", "unsqueeze", "squeeze", "t", "transpose", "alias"}
+VIEWS = {
+    "view",
+    "slice",
+    "select",
+    "expand",
+    "unsqueeze",
+    "squeeze",
+    "t",
+    "transpose",
+    "alias",
+    "detach",
+}
 
 
 class OpCounter(TorchDispatchMode):
@@ -54,7 +76,9 @@ def _describe(value: Any) -> Any:
         return ("tensor", str(value.dtype), tuple(value.shape), value.device.type)
     if isinstance(value, list | tuple):
         return tuple(_describe(v) for v in value)
-    return value
+    if value is None or isinstance(value, PLAIN):
+        return value
+    return type(value).__name__  # e.g. the profiler's record handles
 
 
 def count_ops(run: Callable[[], Any]) -> OpCounter:

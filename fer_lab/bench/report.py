@@ -35,6 +35,20 @@ def report(result: dict[str, Any]) -> str:
                 f"{row['plain_peak_memory_mb']:,.0f} |"
             )
         lines.append(memory_note(timing, result["device"]))
+    if result.get("host"):
+        lines.append(
+            "\nhost work per optimizer step, pooled linear network at batch 8 "
+            "(fer_lab/bench/host_overhead.py; times are medians of alternating fits)"
+            "\n| steps per call | fer_lab ms | plain ms | overhead ms | ops fer_lab / plain "
+            "| Python calls fer_lab / plain |\n|---|---|---|---|---|---|"
+        )
+        for row in result["host"]:
+            lines.append(
+                f"| {row['steps_per_call']} | {statistics.median(row['fer_lab_step_ms']):.3f} | "
+                f"{statistics.median(row['plain_step_ms']):.3f} | {row['overhead_ms']:.3f} | "
+                f"{row['fer_lab_ops_per_step']:.0f} / {row['plain_ops_per_step']:.0f} | "
+                f"{row['fer_lab_calls_per_step']:.0f} / {row['plain_calls_per_step']:.0f} |"
+            )
     if result.get("end_to_end"):
         lines.append(
             "\nend to end: whole processes, alternating (fer_lab/bench/end_to_end.py)"

@@ -30,6 +30,7 @@ from hydra.utils import instantiate
 from omegaconf import open_dict
 
 from fer_lab.bench.end_to_end import compare_end_to_end
+from fer_lab.bench.host_overhead import measure_host_overhead
 from fer_lab.bench.overhead import compare_training, compare_training_free
 from fer_lab.bench.report import report
 from fer_lab.bench.sweep_rate import SCHEDULES, trials_per_hour
@@ -38,7 +39,7 @@ from fer_lab.tracking.provenance import describe_hardware
 
 log = logging.getLogger("fer_lab.bench")
 PIPELINES = ("per_sample", "on_device")
-SECTIONS = ("loading", "pipelines", "training", "end_to_end")
+SECTIONS = ("loading", "pipelines", "training", "host", "end_to_end")
 TIMINGS = {"lockstep": compare_training, "free": compare_training_free}
 
 
@@ -79,6 +80,22 @@ def arguments(argv: list[str] | None = None) -> argparse.Namespace:
         help="lockstep: fer_lab and the plain loop step for step in one fit, steady on a noisy "
         "CPU; free: each side alone, the device synced only where the clock starts and stops, "
         "so the host runs ahead as on a GPU (default: free with --device cuda, else lockstep)",
+    )
+    parser.add_argument(
+        "--host-steps", type=int, default=1000, help="timed steps of the host-overhead section"
+    )
+    parser.add_argument(
+        "--host-warmup",
+        type=int,
+        default=48,
+        help="untimed steps before the host-overhead section's timed ones (and steps counted)",
+    )
+    parser.add_argument(
+        "--host-steps-per-call",
+        type=int,
+        nargs="+",
+        default=[1, 8],
+        help="speed.steps_per_call values of the host-overhead section",
     )
     parser.add_argument("--augmentation", default="strong", help="for the pipeline figures")
     parser.add_argument("--pipeline-batches", type=int, default=40)
@@ -201,6 +218,24 @@ def measure_training(args: argparse.Namespace, workdir: Path) -> list[dict[str, 
     return results
 
 
+def measure_host(args: argparse.Namespace, workdir: Path) -> list[dict[str, Any]]:
+    """The host work fer_lab adds to a step (fer_lab/bench/host_overhead.py), per
+    speed.steps_per_call value."""
+    overrides = [o for o in base_overrides(args, workdir) if not o.startswith("data.batch_size")]
+    return [
+        measure_host_overhead(
+            overrides,
+            workdir,
+            per_call,
+            steps=args.host_steps,
+            warmup=args.host_warmup,
+            counted=args.host_warmup,
+            repeats=max(args.repeats, 3),
+        )
+        for per_call in args.host_steps_per_call
+    ]
+
+
 def measure_end_to_end(args: argparse.Namespace, workdir: Path) -> list[dict[str, Any]]:
     """Per model, the whole CLI process against the plain script (fer_lab/bench/end_to_end.py),
     with the CLI's defaults for everything the bench does not set."""
@@ -237,6 +272,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         # (tf_emotion_cnn: 1.067 after them, 1.014 alone).
         measures = {
             "training": measure_training,
+            "host": measure_host,
             "end_to_end": measure_end_to_end,
             "pipelines": measure_pipelines,
             "loading": measure_loading,

@@ -19,6 +19,7 @@ RULES: tuple[tuple[str, Callable[[float], bool], str], ...] = (
     ("model.input_size", lambda v: v >= 1, ">= 1"),
     ("data.batch_size", lambda v: v >= 1, ">= 1"),
     ("data.num_workers", lambda v: v >= 0, ">= 0"),
+    ("speed.steps_per_call", lambda v: v >= 1 and v == int(v), "a whole number >= 1"),
     ("trainer.max_epochs", lambda v: v >= 1 or v == -1, ">= 1 (or -1 for no limit)"),
     ("dataset.val_fraction", lambda v: 0 < v < 1, "in (0, 1)"),
     ("dataset.test_fraction", lambda v: 0 < v < 1, "in (0, 1)"),
@@ -79,6 +80,62 @@ def check_launch(cfg: DictConfig, multirun: bool, environ: Mapping[str, str]) ->
             "(hydra/launcher=submitit_slurm hydra.launcher.tasks_per_node=N "
             'trainer.devices=N, README "DDP"), or sweep with trainer=gpu'
         )
+
+
+def check_speed(cfg: DictConfig) -> None:
+    """speed.steps_per_call and speed.cuda_graphs with what they cannot run with."""
+    manual = (_select(cfg, "speed.steps_per_call") or 1) > 1 or _select(cfg, "speed.cuda_graphs")
+    clip = _select(cfg, "trainer.gradient_clip_val")
+    accumulate = _select(cfg, "trainer.accumulate_grad_batches") or 1
+    for key, value, used in (
+        ("trainer.gradient_clip_val", clip, bool(clip)),
+        ("trainer.accumulate_grad_batches", accumulate, accumulate != 1),
+    ):
+        if manual and used:
+            raise ConfigError(
+                f"{key}={value} with speed.steps_per_call > 1 or speed.cuda_graphs=true: "
+                "those step the optimizer themselves, where Lightning cannot clip or "
+                "accumulate. Unset it, or set speed.steps_per_call=1 speed.cuda_graphs=false"
+            )
+    if not _select(cfg, "speed.cuda_graphs"):
+        return
+    accelerator = str(_select(cfg, "trainer.accelerator"))
+    scheduler = str(_select(cfg, "scheduler.scheduler._target_") or "")
+    refusals = {
+        "trainer.accelerator": (
+            accelerator not in ("gpu", "cuda"),
+            f"is {accelerator}; CUDA graphs need one CUDA GPU (trainer=gpu)",
+        ),
+        "trainer.devices": (
+            _select(cfg, "trainer.devices") != 1
+            or str(_select(cfg, "trainer.strategy") or "auto") not in ("auto", "single_device"),
+            "must be 1 without a DDP strategy: a graph would capture one process's gradient "
+            "all-reduce",
+        ),
+        "speed.compile": (
+            bool(_select(cfg, "speed.compile")),
+            "is true; torch.compile brings graphs of its own (mode=reduce-overhead)",
+        ),
+        "trainer.precision": (
+            str(_select(cfg, "trainer.precision")).startswith("16"),
+            "is 16-mixed, whose gradient scaler decides on the host; use bf16-mixed or 32",
+        ),
+        "mixing": (
+            _select(cfg, "mixing") is not None,
+            "is set; its generator is not one a CUDA graph captures",
+        ),
+        "scheduler": (
+            scheduler.endswith("OneCycleLR")
+            and _select(cfg, "scheduler.scheduler.cycle_momentum") is not False,
+            "is one-cycle, which cycles the momentum as a Python number a graph would freeze; "
+            "set scheduler.scheduler.cycle_momentum=false",
+        ),
+    }
+    for key, (refused, why) in refusals.items():
+        if refused:
+            raise ConfigError(
+                f"speed.cuda_graphs=true: {key} {why}, or set speed.cuda_graphs=false"
+            )
 
 
 def check_classes(

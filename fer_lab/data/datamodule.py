@@ -67,7 +67,10 @@ class FERDataModule(pl.LightningDataModule):
         seed: int | None = None,
         pipeline: str = "per_sample",
         on_device_budget_mb: float = 4096,
+        steps_per_batch: int = 1,
     ) -> None:
+        """`steps_per_batch`: optimizer steps each training batch feeds (speed.steps_per_call):
+        the training loader's batches hold that many times `batch_size` images."""
         super().__init__()
         if batch_size < 1:
             raise ValueError(f"data.batch_size must be at least 1, got {batch_size}")
@@ -82,6 +85,7 @@ class FERDataModule(pl.LightningDataModule):
         self.seed = seed
         self.pipeline = pipeline
         self.on_device_budget_mb = float(on_device_budget_mb)
+        self.steps_per_batch = steps_per_batch
         self.augmentation, self.preprocess = list(augmentation), preprocess
         self.train_transform, self.eval_transform = build_transforms(
             image_size, augmentation, preprocess, seed
@@ -131,18 +135,22 @@ class FERDataModule(pl.LightningDataModule):
             return self._device_batches(split, train)
         transform = self.train_transform if train else self.eval_transform
         dataset = FaceDataset(getattr(self.splits, split), self.channels, transform)
+        batch_size = self._batch_size(train)
         return DataLoader(
             dataset,
-            batch_size=self.batch_size,
+            batch_size=batch_size,
             shuffle=train,
             sampler=None if train else self._evaluation_shards(dataset),
-            drop_last=train and len(dataset) > self.batch_size,
+            drop_last=train and len(dataset) > batch_size,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,
             worker_init_fn=seed_augmentation,
             multiprocessing_context=_worker_start(self.num_workers),
         )
+
+    def _batch_size(self, train: bool) -> int:
+        return self.batch_size * self.steps_per_batch if train else self.batch_size
 
     def _evaluation_shards(self, dataset: FaceDataset) -> UnrepeatedDistributedSampler | None:
         """Under DDP, each process's share of an evaluation split, every image exactly once:
@@ -175,7 +183,7 @@ class FERDataModule(pl.LightningDataModule):
         return DeviceBatches(
             *self._on_device[split],
             transform=transform,
-            batch_size=self.batch_size,
+            batch_size=self._batch_size(train),
             train=train,
             seed=self.seed,  # the same shuffle everywhere, so the processes' shares are disjoint
             rank=rank,

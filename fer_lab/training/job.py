@@ -11,6 +11,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.callbacks import ProgressBar
 from pytorch_lightning.loggers import Logger
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
@@ -76,9 +77,14 @@ def build_job(
         config=masked(OmegaConf.to_container(cfg, resolve=True)),  # travels with every .ckpt
         channels_last=bool(speed.get("channels_last", False)),
         compile=bool(speed.get("compile", False)),
+        steps_per_call=int(speed.get("steps_per_call", 1)),
+        cuda_graphs=bool(speed.get("cuda_graphs", False)),
+        mixing=instantiate(cfg.mixing) if cfg.get("mixing") else None,
     )
     logger = build_logger(cfg, run_id=run_id)
     callbacks = [instantiate(callback) for callback in cfg.callbacks.values()]
+    if not cfg.trainer.get("enable_progress_bar", True):  # else Lightning refuses the bar
+        callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
     if cfg.get("sweep") and cfg.sweep.get("trial_id") is not None:
         callbacks.append(OptunaPruning.for_current_job(cfg))
     trainer = instantiate(

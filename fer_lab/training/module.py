@@ -1,37 +1,41 @@
 """The LightningModule: loss, metrics and optimiser wiring around any `FERNet`.
 
-A training step queues its work on the device and returns: nothing in it, the metrics or the
-non-finite-loss guard waits for the GPU (see README, "GPU").
+A training step queues its work on the device and returns: the loss, the epoch's sums and the
+non-finite-loss guard accumulate in one device tensor (fer_lab.training.metrics), read by the
+host only at the logging interval and at the epoch's end (see README, "GPU").
 """
 
+import contextlib
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities.warnings import PossibleUserWarning
 from torch import nn
-from torchmetrics import MaxMetric, MetricCollection
-from torchmetrics.classification import (
-    MulticlassAccuracy,
-    MulticlassConfusionMatrix,
-    MulticlassF1Score,
-    MulticlassPrecision,
-    MulticlassRecall,
-)
+from torchmetrics import MaxMetric
 
 from fer_lab.models import FERNet
-from fer_lab.training.metrics import BatchMean
-from fer_lab.training.stopping import NonFiniteLossWatch
+from fer_lab.training.cuda_graph import GraphedStep, tensor_learning_rates
+from fer_lab.training.metrics import (
+    BAD_BATCH,
+    BAD_LOSS,
+    BAD_STEP,
+    BATCHES,
+    SEEN,
+    EvaluationTally,
+    TrainingTally,
+    confusion_scores,
+    per_class_scores,
+)
+from fer_lab.training.mixing import BatchMix, mixed_loss
+from fer_lab.training.stopping import raise_if_nonfinite
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 SPLITS = ("train", "val", "test")
-# Steps between two reads of the non-finite-loss record, each a host sync: a NaN run stops
-# within this many steps, and before any validation, checkpoint or logged epoch.
-NONFINITE_CHECK_EVERY = 50
 # Under DDP, Lightning suggests sync_dist=True for every epoch-level value logged as a tensor;
-# fer_lab's come from torchmetrics' compute(), which has already summed the ranks' states.
+# fer_lab's evaluation tallies are summed over the ranks before they are logged.
 warnings.filterwarnings(
     "ignore",
     message=r"It is recommended to use `self.log\('(val|test)/",
@@ -56,8 +60,21 @@ class FERLitModule(pl.LightningModule):
         config: dict[str, Any] | None = None,
         channels_last: bool = False,
         compile: bool = False,
+        steps_per_call: int = 1,
+        cuda_graphs: bool = False,
+        mixing: BatchMix | None = None,
     ) -> None:
+        """`steps_per_call` > 1: each training batch holds that many optimizer steps' batches
+        (the loader's batch is that many times `data.batch_size`), stepped here under manual
+        optimization, so Lightning's per-step loop and hooks run once per call. `cuda_graphs`:
+        each step replays one captured CUDA graph (fer_lab/training/cuda_graph.py)."""
         super().__init__()
+        self.steps_per_call = steps_per_call
+        self.cuda_graphs = cuda_graphs
+        self.mixing = mixing
+        self.automatic_optimization = steps_per_call == 1 and not cuda_graphs
+        self.graphed_step: GraphedStep | None = None
+        self._read_at_step = 0
         self.channels_last = channels_last
         if channels_last:
             net = net.to(memory_format=torch.channels_last)
@@ -70,34 +87,8 @@ class FERLitModule(pl.LightningModule):
         self.scheduler = scheduler
         self.class_names = list(class_names)
         self.config = config
-        # Labels and logits come from fer_lab's own loaders and network: checking them on every
-        # step (torch.unique and friends) would make the host wait for the GPU each time.
-        n, unchecked = len(class_names), {"validate_args": False}
-
-        def summary() -> MetricCollection:
-            return MetricCollection(
-                {
-                    "acc": MulticlassAccuracy(n, average="micro", **unchecked),
-                    "f1_macro": MulticlassF1Score(n, average="macro", **unchecked),
-                }
-            )
-
-        self.train_metrics = MetricCollection(
-            {"acc": MulticlassAccuracy(n, average="micro", **unchecked)}
-        )
-        self.val_metrics = summary()
-        self.test_metrics = summary()
-        self.test_per_class = MetricCollection(
-            {
-                "precision": MulticlassPrecision(n, average=None, **unchecked),
-                "recall": MulticlassRecall(n, average=None, **unchecked),
-                "f1": MulticlassF1Score(n, average=None, **unchecked),
-            }
-        )
-        self.mean_loss = nn.ModuleDict({f"{split}_loss": BatchMean() for split in SPLITS})
-        self.val_confusion = MulticlassConfusionMatrix(n, **unchecked)
-        self.test_confusion_metric = MulticlassConfusionMatrix(n, **unchecked)
-        self.nonfinite = NonFiniteLossWatch()
+        self.tally: TrainingTally | None = None  # made on the training device at fit start
+        self.evaluation: dict[str, EvaluationTally] = {}
         self.val_acc_best = MaxMetric()
         self.val_acc_best.persistent(True)  # a resumed run keeps its best epoch
         self.best_val_confusion: torch.Tensor | None = None
@@ -111,98 +102,232 @@ class FERLitModule(pl.LightningModule):
             x = x.contiguous(memory_format=torch.channels_last)
         return self.net(x)
 
-    def _step(self, batch: Batch, split: str) -> tuple[torch.Tensor, ...]:
-        """The data loss, logged as `<split>/loss` (comparable with a plain cross-entropy
-        whatever the recipe adds to the training objective), the logits and the labels."""
-        images, labels = batch
-        logits = self(images)
-        loss = self.loss_fn(logits, labels)
-        self.mean_loss[f"{split}_loss"].update(loss, len(labels))
-        self.log(
-            f"{split}/loss",
-            self.mean_loss[f"{split}_loss"],
-            on_step=False,
-            on_epoch=True,
-            prog_bar=True,
-        )
-        return loss, logits.detach(), labels
+    def _objective(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The loss to optimise; the data loss and the L2 term go to the tally. Under mixup or
+        cutmix the data loss weighs both labels, and train/acc counts each image's own."""
+        if self.mixing is None:
+            logits = self(images)
+            loss = self.loss_fn(logits, labels)  # the data loss, comparable across recipes
+        else:
+            images, labels, partners, lam = self.mixing(images, labels)
+            logits = self(images)
+            loss = mixed_loss(self.loss_fn, logits, labels, partners, lam)
+        regularization = self.net.regularization_loss() if self.regularized else None
+        self.tally.add(loss, logits, labels, regularization)
+        return loss if regularization is None else loss + regularization
 
-    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
-        loss, logits, labels = self._step(batch, "train")
-        if self.regularized:  # seed 001's L2 term: optimised, and logged on its own
-            regularization = self.net.regularization_loss()
-            self.log("train/reg_loss", regularization, on_step=False, on_epoch=True)
-            loss = loss + regularization
-        self.nonfinite.observe(loss, self.current_epoch, self.global_step, batch_idx)
-        self.train_metrics.update(logits, labels)
-        self.log(
-            "train/acc", self.train_metrics["acc"], on_step=False, on_epoch=True, prog_bar=True
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor | None:
+        if self.automatic_optimization:
+            return self._objective(*batch)
+        optimizer = self.optimizers()
+        raw = optimizer.optimizer
+        # fp16's gradient scaler lives in Lightning's step; otherwise the bare optimizer steps
+        # and the step is counted here, without Lightning's per-step Python around it.
+        scaled = getattr(self.trainer.precision_plugin, "scaler", None) is not None
+        images, labels = batch
+        steps = min(self.steps_per_call, len(labels))
+        for x, y in zip(images.tensor_split(steps), labels.tensor_split(steps), strict=True):
+            if scaled:
+                optimizer.zero_grad(set_to_none=True)
+                self.manual_backward(self._objective(x, y))
+                optimizer.step()
+            else:
+                with self._counted_step():
+                    if self.cuda_graphs:
+                        self._graphed_step(x, y, raw)
+                    else:
+                        raw.zero_grad(set_to_none=True)
+                        self.optimizer_step_graphable(x, y, raw)
+            self._step_schedulers("step")
+        return None
+
+    @contextlib.contextmanager
+    def _counted_step(self) -> Iterator[None]:
+        """One optimizer step for Lightning's global step, as LightningOptimizer counts it."""
+        progress = self.trainer.fit_loop.epoch_loop.manual_optimization.optim_step_progress
+        progress.increment_ready()
+        yield
+        progress.increment_completed()
+
+    def optimizer_step_graphable(
+        self, images: torch.Tensor, labels: torch.Tensor, optimizer: torch.optim.Optimizer
+    ) -> None:
+        """One optimizer step with no Python value that changes from step to step: what a
+        CUDA graph captures (the optimizer reads its learning rate from a device tensor)."""
+        self._objective(images, labels).backward()
+        optimizer.step()
+
+    def _graphed_step(
+        self, images: torch.Tensor, labels: torch.Tensor, optimizer: torch.optim.Optimizer
+    ) -> None:
+        """A replay of the captured step; a batch of another shape (a smaller last batch)
+        steps eagerly."""
+        if self.graphed_step is None:
+            self.graphed_step = GraphedStep(
+                lambda x, y: self.optimizer_step_graphable(x, y, optimizer),
+                self,
+                optimizer,
+                self.tally.state,
+                images,
+                labels,
+            )
+        if self.graphed_step.fits(images):
+            self.graphed_step(images, labels)
+        else:
+            optimizer.zero_grad(set_to_none=False)  # the graph's gradient tensors stay
+            self.optimizer_step_graphable(images, labels, optimizer)
+
+    def _step_schedulers(self, interval: str, monitored: dict[str, Any] | None = None) -> None:
+        """Under manual optimization Lightning steps no scheduler: steps here, epochs at the
+        last batch (before validation, as Lightning does), plateaus after validation."""
+        if self.automatic_optimization or self.scheduler_interval != interval:
+            return
+        scheduler = self.lr_schedulers()
+        plateau = isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
+        if not plateau and monitored is None:
+            scheduler.step()
+        elif plateau and monitored is not None:
+            monitor = self.scheduler.get("monitor", "val/loss")
+            if monitor in monitored:
+                scheduler.step(float(monitored[monitor]))
+
+    @property
+    def scheduler_interval(self) -> str | None:
+        if not self.scheduler or self.scheduler.get("scheduler") is None:
+            return None
+        return self.scheduler.get("interval", "epoch")
+
+    def on_train_start(self) -> None:
+        self.tally = TrainingTally(next(self.net.parameters()), first_step=self.global_step)
+        self._read_at_step = self.global_step
+
+    def on_train_epoch_start(self) -> None:
+        self.tally.start_epoch()
+
+    def _read_tally(self) -> list[float]:
+        """The tally's values (one host sync); under DDP the sums of every rank and the first
+        non-finite record of any, so that all ranks stop together."""
+        state = self.tally.state
+        if self.trainer.world_size == 1:
+            return state.tolist()
+        ranks = self.trainer.strategy.all_gather(state)  # [ranks, 10]
+        values = ranks.sum(0)
+        values[SEEN:] = ranks[int(ranks[:, SEEN].argmax())][SEEN:]
+        return values.tolist()
+
+    def _check_finite(self, values: list[float]) -> None:
+        raise_if_nonfinite(
+            values[SEEN], values[BAD_LOSS], self.current_epoch, values[BAD_STEP], values[BAD_BATCH]
         )
-        return loss
 
     def on_train_batch_end(self, outputs: Any, batch: Batch, batch_idx: int) -> None:
-        if (batch_idx + 1) % NONFINITE_CHECK_EVERY == 0:
-            self.nonfinite.raise_if_seen(self.trainer.strategy)
+        if batch_idx + 1 == self.trainer.num_training_batches:
+            self._step_schedulers("epoch")
+        every = self.trainer.log_every_n_steps
+        if every and self.global_step - self._read_at_step >= every:
+            self._read_at_step = self.global_step
+            values = self._read_tally()
+            self._check_finite(values)
+            if self.logger is not None:
+                means = self.tally.means(values)
+                step_metrics = {f"{k}_step": v for k, v in means.items() if k != "train/reg_loss"}
+                self.logger.log_metrics(step_metrics, step=self.global_step)
 
     def on_validation_start(self) -> None:
         # Validation must not score (and save) broken weights.
-        self.nonfinite.raise_if_seen(self.trainer.strategy)
+        if self.tally is not None:
+            self._check_finite(self._read_tally())
 
     def on_train_epoch_end(self) -> None:
         # Lightning calls this before the checkpoint callbacks and the epoch's logging.
-        self.nonfinite.raise_if_seen(self.trainer.strategy)
+        values = self._read_tally()
+        self._check_finite(values)
+        if values[BATCHES] == 0:
+            return
+        means = self.tally.means(values)
+        if not self.regularized:
+            means.pop("train/reg_loss")
+        for name, value in means.items():
+            self.log(name, value, prog_bar=name != "train/reg_loss")
+
+    def _evaluation_step(self, batch: Batch, split: str) -> None:
+        images, labels = batch
+        logits = self(images)
+        if split not in self.evaluation:
+            self.evaluation[split] = EvaluationTally(len(self.class_names), logits)
+        self.evaluation[split].add(self.loss_fn(logits, labels), logits, labels)
+
+    def _evaluation_results(self, split: str) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """The epoch's loss, acc and f1_macro, and its confusion matrix; summed over ranks."""
+        tally = self.evaluation[split]
+        sums, confusion = tally.sums, tally.confusion
+        if self.trainer.world_size > 1:
+            sums = self.trainer.strategy.reduce(sums.clone(), reduce_op="sum")
+            confusion = self.trainer.strategy.reduce(confusion.clone(), reduce_op="sum")
+        n = len(self.class_names)
+        confusion = confusion.view(n, n).clone()
+        tally.reset()
+        scores = {"loss": sums[0] / sums[1].clamp(min=1), **confusion_scores(confusion)}
+        return scores, confusion
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
-        _, logits, labels = self._step(batch, "val")
-        self.val_metrics.update(logits, labels)
-        self.val_confusion.update(logits, labels)
+        self._evaluation_step(batch, "val")
 
     def on_validation_epoch_end(self) -> None:
-        metrics = self.val_metrics.compute()
-        self.val_metrics.reset()
-        confusion = self.val_confusion.compute()
-        self.val_confusion.reset()
-        self.log_dict({f"val/{k}": v for k, v in metrics.items()}, prog_bar=True)
+        if "val" not in self.evaluation:  # no validation batches
+            return
+        scores, confusion = self._evaluation_results("val")
+        self.log_dict({f"val/{k}": v for k, v in scores.items()}, prog_bar=True)
         if self.trainer.sanity_checking:  # its few batches must not count as an epoch
             return
         # The state, not compute(): after a resume it holds the best so far, before any update.
         previous_best = self.val_acc_best.max_value.clone()
-        self.val_acc_best.update(metrics["acc"])
-        if metrics["acc"] > previous_best:
-            self.best_val_confusion = confusion.cpu()
+        self.val_acc_best.update(scores["acc"])
+        if scores["acc"] > previous_best:
+            self.best_val_confusion = confusion.cpu().long()
         self.log("val/acc_best", self.val_acc_best.compute(), prog_bar=True)
+        self._step_schedulers("epoch", monitored={f"val/{k}": v for k, v in scores.items()})
 
     def test_step(self, batch: Batch, batch_idx: int) -> None:
-        _, logits, labels = self._step(batch, "test")
-        self.test_metrics.update(logits, labels)
-        self.test_per_class.update(logits, labels)
-        self.test_confusion_metric.update(logits, labels)
+        self._evaluation_step(batch, "test")
 
     def on_test_epoch_end(self) -> None:
-        self.log_dict({f"test/{k}": v for k, v in self.test_metrics.compute().items()})
-        for metric, values in self.test_per_class.compute().items():
+        scores, confusion = self._evaluation_results("test")
+        self.log_dict({f"test/{k}": v for k, v in scores.items()})
+        for metric, values in per_class_scores(confusion).items():
+            if metric == "tp":
+                continue
             for name, value in zip(self.class_names, values, strict=True):
                 self.log(f"test/{metric}/{name}", value)
-        self.test_confusion = self.test_confusion_metric.compute().cpu()
-        for metrics in (self.test_metrics, self.test_per_class, self.test_confusion_metric):
-            metrics.reset()
+        self.test_confusion = confusion.cpu().long()
 
     def configure_optimizers(self) -> dict[str, Any]:
         trainable = [p for p in self.parameters() if p.requires_grad]
-        optimizer = self.optimizer_factory(params=trainable)
+        # A CUDA graph replays a fused optimizer step (one kernel) that reads its learning rate
+        # from a tensor; the learning rate becomes one once the scheduler set its first value.
+        optimizer = self.optimizer_factory(
+            params=trainable, **({"fused": True} if self.cuda_graphs else {})
+        )
         if not self.scheduler or self.scheduler.get("scheduler") is None:
+            if self.cuda_graphs:
+                tensor_learning_rates(optimizer)
             return {"optimizer": optimizer}
-        interval = self.scheduler.get("interval", "epoch")
+        interval = self.scheduler_interval
         # Step-wise schedules (one-cycle) need the run's length, known only to the trainer.
         extra = (
-            {"total_steps": int(self.trainer.estimated_stepping_batches)}
+            {"total_steps": int(self.trainer.estimated_stepping_batches) * self.steps_per_call}
             if interval == "step"
             else {}
         )
+        scheduler = self.scheduler["scheduler"](optimizer=optimizer, **extra)
+        if self.cuda_graphs:
+            tensor_learning_rates(optimizer)
+        if not self.automatic_optimization:  # stepped by _step_schedulers
+            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler}}
         return {
             "optimizer": optimizer,
             "lr_scheduler": {
-                "scheduler": self.scheduler["scheduler"](optimizer=optimizer, **extra),
+                "scheduler": scheduler,
                 "interval": interval,
                 "monitor": self.scheduler.get("monitor", "val/loss"),
             },

@@ -7,8 +7,6 @@ from types import FrameType
 from typing import Any
 
 import pytorch_lightning as pl
-import torch
-from pytorch_lightning.strategies import Strategy
 
 from fer_lab.core.errors import FERLabError, StopRequested
 
@@ -75,42 +73,14 @@ class GracefulStop(pl.Callback):
             raise StopRequested(self.requested)
 
 
-class NonFiniteLossWatch:
-    """Notes the first non-finite training loss on the loss's own device, so that watching
-    costs a training step no host sync; `raise_if_seen` reads the note (one sync) where a bad
-    state could leave the process: before validation, at the end of the epoch (before the
-    checkpoints and the epoch's metrics) and every so many steps.
-    """
-
-    def __init__(self) -> None:
-        self._first_bad: torch.Tensor | None = None  # [seen, loss, epoch, step, batch]
-
-    def observe(self, loss: torch.Tensor, epoch: int, step: int, batch_idx: int) -> None:
-        loss = loss.detach().double()
-        if self._first_bad is None:
-            self._first_bad = loss.new_zeros(5)
-        # new_full fills on the device: no host-to-device copy, which would sync.
-        now = torch.stack(
-            [loss.new_ones(()), loss, *(loss.new_full((), n) for n in (epoch, step, batch_idx))]
+def raise_if_nonfinite(seen: float, loss: float, epoch: int, step: float, batch: float) -> None:
+    """Stop the run if the training tally recorded a non-finite loss (fer_lab.training.metrics):
+    read before validation, at the end of each epoch (before the checkpoints and the epoch's
+    metrics) and at the logging interval, so broken weights are never scored or saved."""
+    if seen:
+        raise NonFiniteLossError(
+            f"train/loss is {loss} at epoch {epoch}, step {int(step)} (batch {int(batch)} of "
+            "the epoch); the run stopped before validating or saving the weights that followed, "
+            "the last good checkpoint is kept. Lower optimizer.lr, set "
+            "trainer.gradient_clip_val, or check the data for extreme values"
         )
-        first = ~torch.isfinite(loss) & (self._first_bad[0] == 0)
-        self._first_bad = torch.where(first, now, self._first_bad)
-
-    def raise_if_seen(self, strategy: Strategy | None = None) -> None:
-        """Raise if a non-finite loss was seen; under DDP on every rank if one rank saw it,
-        so that none waits for the others in the next all-reduce."""
-        record = self._first_bad
-        if strategy is not None and getattr(strategy, "world_size", 1) > 1:
-            mine = record if record is not None else torch.zeros(5, device=strategy.root_device)
-            records = strategy.all_gather(mine.float())  # [ranks, 5]; gloo has no float64
-            record = records[int(records[:, 0].argmax())]
-        if record is None:
-            return
-        seen, loss, epoch, step, batch_idx = record.tolist()
-        if seen:
-            raise NonFiniteLossError(
-                f"train/loss is {loss} at epoch {int(epoch)}, step {int(step)} (batch "
-                f"{int(batch_idx)} of the epoch); the run stopped before validating or saving "
-                "the weights that followed, the last good checkpoint is kept. Lower "
-                "optimizer.lr, set trainer.gradient_clip_val, or check the data for extreme values"
-            )
