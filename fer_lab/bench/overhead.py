@@ -10,8 +10,10 @@ Free-running (the default on a GPU): a GPU runs kernels while the host queues th
 Lockstep's syncs around every step stop the host from running ahead, hiding exactly the host
 overhead that matters there: whether fer_lab's host work (hooks, logging, the next batch) stays
 under the device's work or starves it. So each side runs alone, synced only where its clock
-starts and stops: fer_lab's real fit, then, once it is released, the plain loop. They run one
-after the other, so drift between them is unguarded: `--repeats` takes the median of fits.
+starts and stops: fer_lab's real fit over whole epochs (each epoch's start, where the on-device
+path augments the epoch, included) after a warm-up epoch, then, once it is released, the plain
+loop for as many steps, with the same compile and CUDA-graph settings. They run one after the
+other, so drift between them is unguarded: `--repeats` takes the median of fits.
 """
 
 import statistics
@@ -20,7 +22,7 @@ import time
 import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, open_dict
 
 from fer_lab.bench.throughput import (
     Throughput,
@@ -34,7 +36,10 @@ from fer_lab.bench.throughput import (
     sync,
 )
 from fer_lab.data import FERDataModule
+from fer_lab.training.cuda_graph import GraphedStep, tensor_learning_rates
 from fer_lab.training.job import build_job, keep_deterministic_fast, supported_precision
+
+FREE_EPOCHS = 2  # timed whole epochs of the free-running comparison, after a warm-up epoch
 
 
 class PlainLoop:
@@ -63,13 +68,28 @@ class PlainLoop:
         ]
         precision = supported_precision(cfg.trainer.precision)
         self.autocast, self.scaler = precision_context(precision, self.device)
+        self.graphed: GraphedStep | None = None
+        if cfg.speed.get("cuda_graphs"):  # as FERLitModule: fused, the rate a tensor
+            self.optimizer = instantiate(cfg.optimizer)(params=self.net.parameters(), fused=True)
+            tensor_learning_rates(self.optimizer)
+            x, y = self.batches[0]
+            self.graphed = GraphedStep(self._graphable_step, self.net, self.optimizer, None, x, y)
+
+    def _graphable_step(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        with self.autocast:
+            loss = self.loss_fn(self.net(x), y) + self.net.regularization_loss()
+        loss.backward()
+        self.optimizer.step()
 
     def step(self, index: int) -> int:
         """One training step on batch `index`; returns its number of images (no sync)."""
         x, y = self.batches[index]
+        if self.graphed is not None and self.graphed.fits(x):
+            self.graphed(x, y)
+            return len(y)
         with self.autocast:
             loss = self.loss_fn(self.net(x), y) + self.net.regularization_loss()
-        self.optimizer.zero_grad(set_to_none=True)
+        self.optimizer.zero_grad(set_to_none=self.graphed is None)
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
@@ -136,28 +156,30 @@ class Lockstep(pl.Callback):
 
 
 class FreeRunning(pl.Callback):
-    """Clocks fer_lab's fit from the start of step `warmup` to the end of training, syncing the
-    device only there, so the host runs ahead as in training and the span holds everything
-    between the steps and after the last (the next batch, hooks, logging, the checkpoints)."""
+    """Clocks fer_lab's fit from the start of its second epoch to the end of training, syncing
+    the device only there, so the host runs ahead as in training and the span holds whole
+    epochs: each one's start (the on-device augmentation of the epoch), the steps and
+    everything between them (hooks, logging, the epoch-end checkpoints)."""
 
-    def __init__(self, device: torch.device, warmup: int) -> None:
-        self.device, self.warmup = device, warmup
-        self.steps = self.images = 0
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.steps = self.images = self.first_step = 0
         self.started = self.ended = 0.0
 
-    def on_train_batch_start(self, trainer, module, batch, batch_idx: int) -> None:
-        if batch_idx == self.warmup:
+    def on_train_epoch_start(self, trainer, module) -> None:
+        if trainer.current_epoch == 1:
             sync(self.device)
             self.started = time.perf_counter()
+            self.first_step = trainer.global_step
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx: int) -> None:
-        if batch_idx >= self.warmup:
-            self.steps += 1
+        if trainer.current_epoch >= 1:
             self.images += len(batch[1])  # a shape: no sync
 
     def on_train_end(self, trainer, module) -> None:
         sync(self.device)
         self.ended = time.perf_counter()
+        self.steps = trainer.global_step - self.first_step  # optimizer steps
 
 
 def compare_training(
@@ -180,29 +202,33 @@ def compare_training(
 def compare_training_free(
     cfg: DictConfig, warmup: int, steps: int | None
 ) -> tuple[Throughput, Throughput]:
-    """(fer_lab, plain) throughput free-running over the same steps as `compare_training`:
-    fer_lab's fit, then, once it is released, as many plain steps. Each side's peak memory is
-    its own: the peak is reset before that side builds its data and model."""
-    one_epoch(cfg, warmup, steps)
+    """(fer_lab, plain) throughput free-running over FREE_EPOCHS whole epochs of `steps`
+    batches (None: the whole split) after a warm-up epoch: fer_lab's fit, then, once it is
+    released, as many plain steps after `warmup` untimed ones. Each side's peak memory is its
+    own: the peak is reset before that side builds its data and model."""
+    one_epoch(cfg, 0, steps)
+    with open_dict(cfg):
+        cfg.trainer.max_epochs = 1 + FREE_EPOCHS
     device = device_of(cfg)
     reset_peak_memory(device)
     pl.seed_everything(cfg.seed)
-    clock = FreeRunning(device, warmup)
+    clock = FreeRunning(device)
     job = build_job(cfg, extra_callbacks=[clock])
     job.trainer.fit(job.module, datamodule=job.datamodule)
     if clock.steps == 0:
-        raise ValueError(f"the epoch has no steps after the {warmup} warm-up steps")
+        raise ValueError("the timed epochs have no steps")
     seconds = clock.ended - clock.started
     fer_lab = Throughput(clock.images / seconds, clock.steps, peak_memory_mb(device))
     del job
     release_memory(device)
     reset_peak_memory(device)
-    plain = PlainLoop(cfg, warmup + clock.steps)
+    per_epoch = clock.steps // FREE_EPOCHS
+    plain = PlainLoop(cfg, per_epoch)
     for index in range(warmup):
-        plain.step(index)
+        plain.step(index % per_epoch)
     sync(device)
     started = time.perf_counter()
-    images = sum(plain.step(index) for index in range(warmup, warmup + clock.steps))
+    images = sum(plain.step(index % per_epoch) for index in range(clock.steps))
     sync(device)
     seconds = time.perf_counter() - started
     return fer_lab, Throughput(images / seconds, clock.steps, peak_memory_mb(device))

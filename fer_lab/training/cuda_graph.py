@@ -32,20 +32,21 @@ class GraphedStep:
     """`step(images, labels)` captured once for a batch shape and replayed for every batch of
     that shape. Warm-up steps run on the first batch to create the optimizer state; the
     weights, buffers, optimizer state and tally they changed are then restored, so the graph
-    leaves training exactly as eager steps would."""
+    leaves training exactly as eager steps would. (`tally_state` None: a step without one, the
+    bench's plain loop.)"""
 
     def __init__(
         self,
         step: Callable[[Tensor, Tensor], None],
         model: nn.Module,
         optimizer: torch.optim.Optimizer,
-        tally_state: Tensor,
+        tally_state: Tensor | None,
         images: Tensor,
         labels: Tensor,
     ) -> None:
         self.images, self.labels = images.clone(), labels.clone()
         weights = copy.deepcopy(model.state_dict())
-        tally = tally_state.clone()
+        tally = None if tally_state is None else tally_state.clone()
         autocast = _without_cache()
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
@@ -56,7 +57,8 @@ class GraphedStep:
         torch.cuda.current_stream().wait_stream(side)
         model.load_state_dict(weights)  # in place: the graph will read these tensors
         _reset_optimizer_state(optimizer)
-        tally_state.copy_(tally)
+        if tally_state is not None:
+            tally_state.copy_(tally)
         self.graph = torch.cuda.CUDAGraph()
         optimizer.zero_grad(set_to_none=True)  # gradients are then allocated by the graph
         with torch.cuda.graph(self.graph), autocast:
