@@ -6,6 +6,7 @@ host only at the logging interval and at the epoch's end (see README, "GPU").
 """
 
 import contextlib
+import functools
 import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -191,8 +192,9 @@ class FERLitModule(pl.LightningModule):
             if monitor in monitored:
                 scheduler.step(float(monitored[monitor]))
 
-    @property
+    @functools.cached_property
     def scheduler_interval(self) -> str | None:
+        """'step' or 'epoch' (None without a scheduler), read once: the config is slow to read."""
         if not self.scheduler or self.scheduler.get("scheduler") is None:
             return None
         return self.scheduler.get("interval", "epoch")
