@@ -199,7 +199,7 @@ def test_bench_runs_and_reports_every_field(tmp_path: Path) -> None:
         "--pipeline-batches", "2", "--sweep", "2", "--sweep-model", "convnet0",
         "--sweep-epochs", "1", "--sweep-schedules=batches",
         "--end-to-end-models", "convnet0", "--end-to-end-pairs", "1", "--end-to-end-epochs", "1",
-        "--host-steps", "4", "--host-warmup", "4", "--host-steps-per-call", "1", "2",
+        "--host-steps-per-call", "1", "2", "--host-steps", "4", "--host-warmup", "4",
     )  # fmt: skip
     assert result["loading"]["load_first_s"] > 0
     pipelines = {(r["pipeline"], r["augmentation"]) for r in result["pipelines"]}

@@ -1,6 +1,8 @@
 """The training job behind `python -m fer_lab.train`: fit, select on val, test once."""
 
 import logging
+import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,19 +34,27 @@ from fer_lab.training.resume import (
 )
 from fer_lab.training.run_lock import claimed, is_rank_zero
 from fer_lab.training.stopping import NonFiniteLossError
+from fer_lab.training.summary import end_of_run
 
 log = logging.getLogger(__name__)
 
 
 class _NoAdvertisements(logging.Filter):
     """Lightning advertises its cloud services on every Trainer ("💡 Tip: ... litlogger",
-    "... litmodels"); fer_lab's commands print only what concerns the run."""
+    "... litmodels") and lists the accelerators it did not find; fer_lab's commands print only
+    what concerns the run."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith("💡 Tip:")
+        message = str(record.msg)
+        return not message.startswith(("💡 Tip:", "TPU available", "HPU available"))
 
 
 logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(_NoAdvertisements())
+# Lightning 2.6 calls torch's deprecated `isinstance(treespec, LeafSpec)` on every fit and test;
+# nothing a fer_lab user does can change it.
+warnings.filterwarnings(
+    "ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=Warning
+)
 
 
 @dataclass
@@ -92,9 +102,22 @@ def build_job(
         logger=logger,
         callbacks=[*callbacks, *extra_callbacks],
         precision=supported_precision(cfg.trainer.precision),
+        log_every_n_steps=logging_interval(cfg, datamodule),
     )
     keep_deterministic_fast()
     return TrainingJob(datamodule, module, logger, trainer)
+
+
+def logging_interval(cfg: DictConfig, datamodule: FERDataModule) -> int:
+    """trainer.log_every_n_steps, lowered to the epoch's length when an epoch is shorter (so
+    that short runs log within their epochs too, and Lightning has nothing to advise)."""
+    configured = int(cfg.trainer.get("log_every_n_steps") or 50)
+    per_batch = datamodule.batch_size * datamodule.steps_per_batch
+    batches = max(1, len(datamodule.splits.train.labels) // per_batch)
+    limit = cfg.trainer.get("limit_train_batches")
+    if isinstance(limit, int) and not isinstance(limit, bool) and limit > 0:
+        batches = min(batches, limit)
+    return max(1, min(configured, batches))
 
 
 def keep_deterministic_fast() -> None:
@@ -140,6 +163,7 @@ def fit_and_test(cfg: DictConfig) -> float:
 
 
 def _run(cfg: DictConfig, resume: ResumePoint | None, job: TrainingJob) -> float:
+    started = time.perf_counter()
     if resume is not None:
         check_classes(resume.classes, job.datamodule.classes, resume.checkpoint)
     datamodule, module, logger, trainer = job.datamodule, job.module, job.logger, job.trainer
@@ -179,9 +203,37 @@ def _run(cfg: DictConfig, resume: ResumePoint | None, job: TrainingJob) -> float
         raise optuna.TrialPruned(
             f"pruned after epoch {pruning.pruned_at} ({cfg.optimized_metric}={score:.4f})"
         )
+    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     if cfg.test:
-        best = "best" if trainer.checkpoint_callback else None
-        trainer.test(module, datamodule=datamodule, ckpt_path=best)
+        # The printed summary below replaces Lightning's table of 16-digit test metrics.
+        trainer.test(module, datamodule=datamodule, ckpt_path=best or None, verbose=False)
     write_state(cfg.paths.output_dir, "finished", run_id)
-    log.info("%s = %.4f", cfg.optimized_metric, score)
+    if is_rank_zero():
+        metrics = {**metrics, **scalar_metrics(trainer.callback_metrics)}
+        log.info(
+            "\n%s",
+            end_of_run(
+                metrics,
+                module.best_epoch,
+                trainer.current_epoch,
+                time.perf_counter() - started,
+                cfg.paths.output_dir,
+                best,
+                mlflow_run(cfg, logger),
+            ),
+        )
     return score
+
+
+def mlflow_run(cfg: DictConfig, logger: Logger) -> dict[str, str] | None:
+    """Where the run is in MLflow, for the end-of-run summary (None with another logger)."""
+    run_id = getattr(logger, "run_id", None)
+    if run_id is None or "tracking_uri" not in cfg.logger:
+        return None
+    return {
+        "tracking_uri": cfg.logger.tracking_uri,
+        "experiment": cfg.logger.experiment_name,
+        "experiment_id": logger.experiment_id,
+        "run_id": run_id,
+        "run_name": (getattr(logger, "tags", None) or {}).get("mlflow.runName", run_id),
+    }

@@ -23,7 +23,6 @@ from fer_lab.training.metrics import (
     BAD_BATCH,
     BAD_LOSS,
     BAD_STEP,
-    BATCHES,
     SEEN,
     EvaluationTally,
     TrainingTally,
@@ -93,6 +92,7 @@ class FERLitModule(pl.LightningModule):
         self.val_acc_best = MaxMetric()
         self.val_acc_best.persistent(True)  # a resumed run keeps its best epoch
         self.best_val_confusion: torch.Tensor | None = None
+        self.best_epoch: int | None = None  # counted from 1, as the summary prints it
         self.test_confusion: torch.Tensor | None = None
         # The metrics of the epoch a restored checkpoint ended: a run resumed after its last
         # epoch has nothing left to fit, and still reports its optimised metric.
@@ -223,17 +223,30 @@ class FERLitModule(pl.LightningModule):
         )
 
     def on_train_batch_end(self, outputs: Any, batch: Batch, batch_idx: int) -> None:
-        if batch_idx + 1 == self.trainer.num_training_batches:
+        """At the logging interval the tally is read (one sync): the NaN guard, and the running
+        train/*_step values for the logger. At the epoch's last batch, the epoch's train/*
+        values are logged, before any callback's epoch end (the artifacts, checkpoints)."""
+        last = batch_idx + 1 == self.trainer.num_training_batches
+        if last:
             self._step_schedulers("epoch")
         every = self.trainer.log_every_n_steps
-        if every and self.global_step - self._read_at_step >= every:
-            self._read_at_step = self.global_step
-            values = self._read_tally()
-            self._check_finite(values)
-            if self.logger is not None:
-                means = self.tally.means(values)
-                step_metrics = {f"{k}_step": v for k, v in means.items() if k != "train/reg_loss"}
-                self.logger.log_metrics(step_metrics, step=self.global_step)
+        due = bool(every) and self.global_step - self._read_at_step >= every
+        if not (due or last):
+            return
+        self._read_at_step = self.global_step
+        values = self._read_tally()
+        self._check_finite(values)
+        means = self.tally.means(values)
+        if not self.regularized:
+            means.pop("train/reg_loss")
+        if due and self.logger is not None:
+            step_metrics = {f"{k}_step": v for k, v in means.items() if k != "train/reg_loss"}
+            self.logger.log_metrics(step_metrics, step=self.global_step)
+        if last:
+            for name, value in means.items():
+                self.log(
+                    name, value, on_step=False, on_epoch=True, prog_bar=name != "train/reg_loss"
+                )
 
     def on_validation_start(self) -> None:
         # Validation must not score (and save) broken weights.
@@ -242,15 +255,7 @@ class FERLitModule(pl.LightningModule):
 
     def on_train_epoch_end(self) -> None:
         # Lightning calls this before the checkpoint callbacks and the epoch's logging.
-        values = self._read_tally()
-        self._check_finite(values)
-        if values[BATCHES] == 0:
-            return
-        means = self.tally.means(values)
-        if not self.regularized:
-            means.pop("train/reg_loss")
-        for name, value in means.items():
-            self.log(name, value, prog_bar=name != "train/reg_loss")
+        self._check_finite(self._read_tally())
 
     def _evaluation_step(self, batch: Batch, split: str) -> None:
         images, labels = batch
@@ -267,9 +272,10 @@ class FERLitModule(pl.LightningModule):
             sums = self.trainer.strategy.reduce(sums.clone(), reduce_op="sum")
             confusion = self.trainer.strategy.reduce(confusion.clone(), reduce_op="sum")
         n = len(self.class_names)
-        confusion = confusion.view(n, n).clone()
-        tally.reset()
+        confusion = confusion.view(n, n)
         scores = {"loss": sums[0] / sums[1].clamp(min=1), **confusion_scores(confusion)}
+        confusion = confusion.clone()  # the tally's own tensor is reset next
+        tally.reset()
         return scores, confusion
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
@@ -287,6 +293,7 @@ class FERLitModule(pl.LightningModule):
         self.val_acc_best.update(scores["acc"])
         if scores["acc"] > previous_best:
             self.best_val_confusion = confusion.cpu().long()
+            self.best_epoch = self.current_epoch + 1
         self.log("val/acc_best", self.val_acc_best.compute(), prog_bar=True)
         self._step_schedulers("epoch", monitored={f"val/{k}": v for k, v in scores.items()})
 
@@ -340,10 +347,12 @@ class FERLitModule(pl.LightningModule):
         checkpoint["fer_lab_config"] = self.config
         checkpoint["fer_lab_classes"] = self.class_names
         checkpoint["fer_lab_best_val_confusion"] = self.best_val_confusion
+        checkpoint["fer_lab_best_epoch"] = self.best_epoch
         checkpoint["fer_lab_metrics"] = scalar_metrics(self.trainer.callback_metrics)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.best_val_confusion = checkpoint.get("fer_lab_best_val_confusion")
+        self.best_epoch = checkpoint.get("fer_lab_best_epoch")
         self.restored_metrics = checkpoint.get("fer_lab_metrics", {})
 
 
