@@ -131,10 +131,12 @@ def test_what_cuda_graphs_cannot_run_with_is_refused(overrides: list[str], named
     check_speed(compose_config("speed.cuda_graphs=true", "trainer=gpu", "scheduler=cosine"))
 
 
-def test_steps_per_call_refuses_clipping() -> None:
+def test_steps_per_call_refuses_clipping_and_ddp() -> None:
     cfg = compose_config("speed.steps_per_call=4", "+trainer.gradient_clip_val=1.0")
     with pytest.raises(ConfigError, match=r"trainer\.gradient_clip_val=1\.0"):
         check_speed(cfg)
+    with pytest.raises(ConfigError, match=r"trainer\.strategy=ddp"):
+        check_speed(compose_config("speed.steps_per_call=4", "trainer=ddp"))
 
 
 @pytest.mark.slow

@@ -97,6 +97,13 @@ def check_speed(cfg: DictConfig) -> None:
                 "those step the optimizer themselves, where Lightning cannot clip or "
                 "accumulate. Unset it, or set speed.steps_per_call=1 speed.cuda_graphs=false"
             )
+    strategy = str(_select(cfg, "trainer.strategy") or "auto")
+    if (_select(cfg, "speed.steps_per_call") or 1) > 1 and strategy.startswith("ddp"):
+        raise ConfigError(
+            f"speed.steps_per_call > 1 with trainer.strategy={strategy}: DDP all-reduces the "
+            "gradients of one backward pass per forward of its wrapper, and the steps of a "
+            "call share one. Use speed.steps_per_call=1 with DDP"
+        )
     if not _select(cfg, "speed.cuda_graphs"):
         return
     accelerator = str(_select(cfg, "trainer.accelerator"))
