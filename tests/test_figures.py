@@ -22,6 +22,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from fer_lab.tracking import figures
 from fer_lab.tracking.figures import (
     DATA_WIDTH_IN,
     LABEL_CHARS,
@@ -79,6 +80,26 @@ def test_learning_curves_csv_has_one_row_per_epoch(tmp_path: Path) -> None:
     assert frame["train/loss"].tolist() == [1.5, 0.9, 0.7]
     assert np.isnan(frame["val/acc"][2])
     assert_png(png_path)
+
+
+def test_learning_curves_count_epochs_from_1_legend_off_the_data(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    drawn: list[Figure] = []
+    save = figures.save_png
+
+    def keep_and_save(figure: Figure, stem: Path) -> Path:
+        drawn.append(figure)
+        return save(figure, stem)
+
+    monkeypatch.setattr(figures, "save_png", keep_and_save)
+    history = {0: {"train/loss": 1.5, "train/acc": 0.3, "val/loss": 1.2, "val/acc": 0.4}}
+    write_learning_curves(history, tmp_path / "curves", "one epoch")
+    (legend,) = drawn[0].legends
+    for axes in drawn[0].axes:
+        assert axes.get_xticks().tolist() == [1] and axes.get_xlim() == (0.5, 1.5)
+        assert all(line.get_xdata().tolist() == [1] for line in axes.lines)
+        assert not legend.get_window_extent().overlaps(axes.get_window_extent())
 
 
 def test_class_histogram_csv_holds_the_counts_per_split(tmp_path: Path) -> None:

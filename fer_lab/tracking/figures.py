@@ -38,7 +38,8 @@ def write_learning_curves(
 ) -> list[Path]:
     """`<stem>.csv` (one row per epoch) and `<stem>.png`: loss and accuracy, train vs val.
 
-    `history` maps epoch -> metric -> value; a metric an epoch lacks is left empty.
+    `history` maps Lightning's epoch (from 0, as the CSV keeps it) -> metric -> value; a metric
+    an epoch lacks is left empty. The PNG counts epochs from 1, as the run's summary does.
     """
     stem.parent.mkdir(parents=True, exist_ok=True)
     frame = pd.DataFrame.from_dict(history, orient="index").reindex(columns=list(CURVE_COLUMNS))
@@ -46,16 +47,16 @@ def write_learning_curves(
     csv_path = stem.with_suffix(".csv")
     frame.to_csv(csv_path)
 
-    figure = Figure(figsize=(10, 4))
+    figure = Figure(figsize=(10, 4.3), layout="constrained")
     for axes, quantity in zip(figure.subplots(1, 2), ("loss", "acc"), strict=True):
         for split in ("train", "val"):
             series = frame[f"{split}/{quantity}"].dropna()
-            axes.plot(series.index, series.to_numpy(), marker="o", markersize=3, label=split)
-        axes.set_xlabel("epoch")
-        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+            axes.plot(series.index + 1, series.to_numpy(), marker="o", markersize=3, label=split)
+        set_epoch_axis(axes, int(frame.index.max()) + 1 if len(frame) else 1)
         axes.set_ylabel("accuracy" if quantity == "acc" else "loss")
         axes.grid(alpha=0.3)
-        axes.legend()
+    # One legend for both panels, below them: inside, it would hide points.
+    figure.legend(*axes.get_legend_handles_labels(), loc="outside lower center", ncols=2)
     figure.suptitle(f"{title}: learning curves")
     return [csv_path, save_png(figure, stem)]
 
