@@ -1,11 +1,12 @@
 """Process-wide settings every fer_lab command starts with: glibc's allocator tuned for big
 tensors, and a garbage collector that leaves the imported libraries' objects alone.
 
-Both fix measured costs of a 2-epoch tf_emotion_cnn run on a 2-core CPU (README, "End to
-end"): glibc returns every freed block over 32 MB to the OS, so each training step
-page-faulted its largest activations in again (a plain script's epoch spent 45.8 s of 72.2 s
-in the kernel); and the cyclic collector traversed the ~800k objects of torch, Lightning and
-MLflow on each full collection (1.4 s while importing them, ~2 s more at exit).
+Both fix measured costs of a 2-epoch tf_emotion_cnn run on a 2-core CPU
+(experiments/benchmarks.md, "End to end"): glibc returns every freed block over 32 MB to the
+OS, so each training step page-faulted its largest activations in again (a plain script's
+epoch spent 45.8 s of 72.2 s in the kernel); and the cyclic collector traversed the ~800k
+objects of torch, Lightning and MLflow on each full collection (1.4 s while importing them,
+~2 s more at exit).
 """
 
 import atexit
