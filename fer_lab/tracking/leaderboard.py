@@ -20,7 +20,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 
-from fer_lab.tracking.figures import save_png
+from fer_lab.tracking.figures import write_ranking, write_val_curves
 from fer_lab.tracking.mlflow_store import prepare_tracking_store
 from fer_lab.tracking.run_identity import FAILURE_REASON_TAG, SWEEP_TAG
 
@@ -120,40 +120,8 @@ def write_leaderboard(entries: list[Entry], folder: Path, title: str) -> list[Pa
     csv, markdown = folder / "leaderboard.csv", folder / "leaderboard.md"
     as_table(entries).to_csv(csv, index=False)
     markdown.write_text(f"# {title}\n\nRanked by {RANKED_BY}.\n\n{as_markdown(entries)}\n")
-    return [csv, markdown, _ranking(entries, folder, title), _curves(entries, folder, title)]
-
-
-def _ranking(entries: list[Entry], folder: Path, title: str) -> Path:
-    import matplotlib.pyplot as plt
-
-    shown = [e for e in entries if not math.isnan(e.val_acc_best)][:30]
-    figure, axes = plt.subplots(figsize=(8, 1.5 + 0.35 * max(len(shown), 1)))
-    names = [e.name[:60] for e in shown][::-1]
-    axes.barh(names, [e.val_acc_best for e in shown][::-1], color="tab:blue", label=RANKED_BY)
-    axes.plot([e.test_acc for e in shown][::-1], names, "o", color="tab:orange", label="test/acc")
-    axes.set_xlabel("accuracy")
-    axes.set_title(f"{title}: ranking")
-    axes.legend(loc="lower right")
-    path = save_png(figure, folder / "ranking")
-    plt.close(figure)
-    return path
-
-
-def _curves(entries: list[Entry], folder: Path, title: str) -> Path:
-    import matplotlib.pyplot as plt
-
-    figure, axes = plt.subplots(figsize=(8, 5))
-    for e in entries[:20]:
-        if e.val_curve:
-            axes.plot(range(len(e.val_curve)), e.val_curve, marker=".", label=e.name[:50])
-    axes.set_xlabel("epoch")
-    axes.set_ylabel("val/acc")
-    axes.set_title(f"{title}: validation accuracy")
-    if axes.lines:
-        axes.legend(fontsize="small")
-    path = save_png(figure, folder / "val_curves")
-    plt.close(figure)
-    return path
+    ranking = write_ranking(entries, folder / "ranking", title)
+    return [csv, markdown, ranking, write_val_curves(entries, folder / "val_curves", title)]
 
 
 def publish(client: MlflowClient, parent_run_id: str) -> list[Entry]:
