@@ -94,6 +94,9 @@ class AuthServer:
             "MLFLOW_AUTH_ADMIN_PASSWORD": self.admin_password,
             "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(16),
             "PGPASSWORD": PASSWORD,
+            # A few connections per store: the machine's PostgreSQL takes 100 in all.
+            "MLFLOW_SQLALCHEMYSTORE_POOL_SIZE": "4",
+            "MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW": "4",
         }
         log = self.log_path.open("a")
         self.process = subprocess.Popen(

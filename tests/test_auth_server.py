@@ -22,6 +22,9 @@ from .helpers import REPO_ROOT
 from .postgres import PASSWORD as POSTGRES_PASSWORD
 from .test_sweeps import TINY, sweep_runs
 
+# All slow: the fast checks share the module's server, whose start takes seconds.
+pytestmark = pytest.mark.slow
+
 EXPERIMENT = "synthetic"  # dataset=synthetic logs there
 LOGIN = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
 
@@ -104,7 +107,6 @@ def train(
     return subprocess.run(command, cwd=folder, env=env, capture_output=True, text=True, timeout=600)
 
 
-@pytest.mark.slow
 def test_train_without_a_valid_login_stops_before_training_with_exit_2(
     server: AuthServer, passwords: dict[str, str], tmp_path: Path
 ) -> None:
@@ -125,7 +127,6 @@ def test_train_without_a_valid_login_stops_before_training_with_exit_2(
         assert "not-it-123456" not in output
 
 
-@pytest.mark.slow
 def test_a_two_worker_sweep_logs_through_the_server_and_writes_no_password(
     server: AuthServer, passwords: dict[str, str], tmp_path: Path, postgres_url: str
 ) -> None:

@@ -473,3 +473,38 @@ def test_a_mangled_undelivered_file_is_named_not_dropped(make_logger) -> None:
     with pytest.raises(TrackingError, match=r"mlflow_undelivered\.jsonl, line 2: not a JSON"):
         make_logger()
     assert logger.undelivered_path.read_text().endswith('{"run_id": \n')  # left as it was
+
+
+def test_a_sweeps_parent_run_deliveries_wait_out_an_outage(
+    store_uri: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The sweep's own calls (a trial's state on its run, found when delivered; the parent's
+    status) wait like a run's, in order; one final leaderboard serves workers ending together."""
+    from fer_lab.tracking.deliveries import ParentRunDeliveries
+    from fer_lab.tracking.run_identity import LEADERBOARD_AT_TAG
+
+    outage = Outage(monkeypatch)
+    client = MlflowClient(store_uri)
+    experiment = client.create_experiment(tmp_path.name, str(tmp_path / "artifacts"))
+    parent = client.create_run(experiment, tags={"fer_lab.sweep": "s"}).info.run_id
+    child_tags = {"mlflow.parentRunId": parent, "optuna.trial": "3"}
+    child = client.create_run(experiment, tags=child_tags).info.run_id
+    queue = ParentRunDeliveries(client, tmp_path / "parent.jsonl", 0.0, resume=False)
+    outage.down = True
+    reason = ["fer_lab.failure_reason", "its worker died; retried as trial 9"]
+    tags = [["optuna.trial_state", "FAIL"], reason]
+    queue.deliver({"run_id": parent, "kind": "trial", "trial": 3, "tags": tags, "status": "KILLED"})
+    queue.deliver({"run_id": parent, "kind": "status", "status": "FINISHED"})
+    assert [item["kind"] for item in queue.pending] == ["trial", "status"]
+    assert (tmp_path / "parent.jsonl").is_file() and not queue.drain(0.5)
+    outage.down = False
+    assert queue.drain(30) and not (tmp_path / "parent.jsonl").exists()
+    run = client.get_run(child)
+    assert run.info.status == "KILLED" and run.data.tags[reason[0]] == reason[1]
+    assert client.get_run(parent).info.status == "FINISHED"
+
+    queue.deliver({"run_id": parent, "kind": "leaderboard", "written_after": 0.0})
+    written = client.get_run(parent).data.tags[LEADERBOARD_AT_TAG]
+    assert [a.path for a in client.list_artifacts(parent, "leaderboard")]
+    queue.deliver({"run_id": parent, "kind": "leaderboard", "written_after": float(written) - 1})
+    assert client.get_run(parent).data.tags[LEADERBOARD_AT_TAG] == written  # not rewritten

@@ -48,6 +48,7 @@ def sweep_command(tmp_path: Path, workers: int, n_trials: int) -> list[str]:
         f"hydra.sweeper.workers={workers}",
         "hydra.sweeper.heartbeat_interval=1",
         f"hydra.sweeper.grace_period={GRACE_S}",
+        "~callbacks.run_artifacts",  # seconds per trial: the crash is what is tested here
         f"{fault}._target_=tests.faults.HangFromTrial",
         fault + ".trial=${sweep.trial_number}",
         f"{fault}.from_trial={workers}",

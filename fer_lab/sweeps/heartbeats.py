@@ -1,11 +1,12 @@
 """Telling dead trials from live ones on every Optuna storage, and retrying the dead.
 
-A running trial beats every `heartbeat_interval` seconds while its worker lives. Database
-storages (SQLite, PostgreSQL) keep Optuna's own heartbeat, stamped with the database's clock; a
-journal file, which has none, gets fer_lab's: a trial system attribute holding the beat's wall
-time (so workers sharing one journal across machines need their clocks in sync, as NTP keeps
-them). The next worker that asks for a trial fails every trial whose last beat is older than
-`grace_period` seconds, under the study's lock, and queues a retry of it with the same
+A running trial beats every `heartbeat_interval` seconds while its worker lives: fer_lab's
+heartbeat on every storage, a trial system attribute holding the beat's wall time (so workers
+sharing a study across machines need their clocks in sync, as NTP keeps them), and on database
+storages (SQLite, PostgreSQL) Optuna's own as well, stamped with the database's clock. The next
+worker that asks for a trial fails every trial whose last beat, by either, is older than
+`grace_period` seconds (a trial that never beat: its start), under the study's lock, and
+queues a retry of it with the same
 parameters (Optuna's RetryHeartbeatStaleTrialCallback semantics: a WAITING copy carrying
 `failed_trial` and `retry_history`), up to `max_retries` times. The dead trial and its retry
 count as one trial towards `n_trials` (`counted_trials`).
@@ -44,10 +45,9 @@ def has_optuna_heartbeat(storage: BaseStorage) -> bool:
 
 def record_heartbeat(storage: BaseStorage, trial_id: int) -> None:
     """One beat of a running trial; raises UpdateFinishedTrialError once it is finished."""
+    storage.set_trial_system_attr(trial_id, HEARTBEAT_ATTR, time.time())
     if has_optuna_heartbeat(storage):
         storage.record_heartbeat(trial_id)
-    else:
-        storage.set_trial_system_attr(trial_id, HEARTBEAT_ATTR, time.time())
 
 
 class KeepAlive:
@@ -64,6 +64,7 @@ class KeepAlive:
             _beating.update(self._claimed)
         self.trial_ids = sorted(self._claimed)  # those still running
         self._stop = threading.Event()
+        self._failing = False  # reported once per outage
         self._thread = threading.Thread(target=self._run, name="fer_lab-heartbeat", daemon=True)
 
     def start(self) -> None:
@@ -101,7 +102,11 @@ class KeepAlive:
             except UpdateFinishedTrialError:
                 self.trial_ids.remove(trial_id)
             except Exception as error:  # the storage is down for a moment: beat again later
-                log.warning("Heartbeat of trial id %d not recorded: %s", trial_id, error)
+                if not self._failing:
+                    log.warning("Heartbeat of trial id %d not recorded: %s", trial_id, error)
+                self._failing = True
+            else:
+                self._failing = False
 
 
 @dataclass
@@ -132,25 +137,27 @@ class LostTrials:
             with warnings.catch_warnings():  # experimental since Optuna 2.9, unchanged since
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 optuna.storages.fail_stale_trials(study)  # calls self for each trial it fails
-        else:
-            now = time.time()
-            for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-                if now - last_beat(trial) <= self.grace_period:
-                    continue
-                try:
-                    failed = storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
-                except UpdateFinishedTrialError:  # it finished just now
-                    continue
-                if failed:
-                    self(study, storage.get_trial(trial._trial_id))
+        # fer_lab's heartbeat; on a database it also catches a trial created just as the
+        # database went down, before its first beat (Optuna's never sees one that never beat).
+        now = time.time()
+        for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if now - last_beat(trial) <= self.grace_period:
+                continue
+            try:
+                failed = storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+            except UpdateFinishedTrialError:  # it finished just now
+                continue
+            if failed:
+                self(study, storage.get_trial(trial._trial_id))
         found, self._found = self._found, []
         return found
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        self._found.append(LostTrial(trial, self._retry(study, trial)))
+        self._found.append(LostTrial(trial, self.retry(study, trial)))
 
-    def _retry(self, study: optuna.Study, trial: FrozenTrial) -> int | None:
-        """Queue the trial again with its parameters; the retry's number, or None."""
+    def retry(self, study: optuna.Study, trial: FrozenTrial) -> int | None:
+        """Queue the (failed) trial again with its parameters; the retry's number, or None
+        when it was retried `max_retries` times already. Call under the study's lock."""
         history = [*trial.system_attrs.get(RETRY_HISTORY_ATTR, []), trial.number]
         if len(history) > self.max_retries:
             return None
@@ -166,6 +173,13 @@ class LostTrials:
             )
         )
         return max(t.number for t in study.get_trials(deepcopy=False))
+
+
+def retried_as(number: int | None) -> str:
+    """What became of a failed trial, for logs and its run's tag."""
+    if number is None:
+        return "not retried (hydra.sweeper.max_retries used up)"
+    return f"retried as trial {number}"
 
 
 def last_beat(trial: FrozenTrial) -> float:

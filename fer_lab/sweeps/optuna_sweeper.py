@@ -7,6 +7,7 @@ storage until it holds `n_trials` finished trials. Trials train and validate onl
 
 import contextlib
 import logging
+import os
 import subprocess
 import sys
 import time
@@ -35,9 +36,22 @@ from fer_lab.sweeps.heartbeats import (
     LostTrials,
     counted_trials,
     record_heartbeat,
+    retried_as,
 )
 from fer_lab.sweeps.search_space import format_override, parse_search_space
-from fer_lab.sweeps.storage import open_storage, study_lock
+from fer_lab.sweeps.storage import (
+    is_connection_error,
+    open_storage,
+    retry_storage,
+    study_lock,
+)
+from fer_lab.tracking.mlflow_store import (
+    TRACKING_WAIT_ENV,
+    ServerUnreachable,
+    is_connectivity_error,
+    prepare_tracking_store,
+)
+from fer_lab.tracking.run_identity import logs_to_mlflow
 
 if TYPE_CHECKING:
     from fer_lab.sweeps.parent_runs import SweepRun
@@ -48,6 +62,16 @@ FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 _ABSENT = object()
 # How often a worker with nothing left to ask looks again at the trials other workers run.
 WAIT_POLL_S = 5.0
+
+
+def is_outage(error: BaseException) -> bool:
+    """Whether a trial's error says the tracking server or the study's database was out of
+    reach, rather than that the trial itself went wrong."""
+    return (
+        isinstance(error, ServerUnreachable)
+        or is_connectivity_error(error)
+        or is_connection_error(error)
+    )
 
 
 def start_worker() -> subprocess.Popen:
@@ -131,6 +155,8 @@ class OptunaStudySweeper(Sweeper):
         self.grace_period = grace_period
         self.lost_trials = LostTrials(grace_period, max_retries)
         self._last_news: tuple[int, int, int] | None = None  # what _ask last logged
+        # Asked for by an `_ask` that then failed (the database dropped): the next one's.
+        self._asked: list[optuna.Trial] = []
         self._warned: set[tuple[str, tuple[str, ...]]] = set()
 
     def setup(
@@ -159,19 +185,32 @@ class OptunaStudySweeper(Sweeper):
 
         space, fixed = parse_search_space(self.params, arguments)
         space = self._drop_absent_keys(space)
-        storage = open_storage(
-            self.storage, self.heartbeat_interval, self.grace_period, on_lost=self.lost_trials
+        storage = retry_storage(
+            lambda: open_storage(
+                self.storage, self.heartbeat_interval, self.grace_period, on_lost=self.lost_trials
+            )
         )
-        study = optuna.create_study(
-            study_name=self.study_name,
-            storage=storage,
-            sampler=self.sampler,
-            pruner=self.pruner or optuna.pruners.NopPruner(),  # Optuna's default is a median rule
-            direction=self.direction,
-            load_if_exists=True,
+        study = retry_storage(
+            lambda: optuna.create_study(
+                study_name=self.study_name,
+                storage=storage,
+                sampler=self.sampler,
+                # Optuna's default would be a median rule.
+                pruner=self.pruner or optuna.pruners.NopPruner(),
+                direction=self.direction,
+                load_if_exists=True,
+            )
         )
+        wait_s = self._server_wait_s()
+        # A server outage is a pause for the whole sweep: its trials, in this process or
+        # launched elsewhere, and its helper workers wait for it as this process does.
+        os.environ[TRACKING_WAIT_ENV] = str(wait_s)
+        if wait_s:
+            prepare_tracking_store(self.config.logger.tracking_uri, wait_s=wait_s)
         with study_lock(self.storage, self.study_name):  # one parent run for all workers
-            sweep_run = SweepRun.start(self.config, self.study_name, space, self.describe())
+            sweep_run = SweepRun.start(
+                self.config, self.study_name, space, self.describe(), server_wait_s=wait_s
+            )
         helpers = [start_worker() for _ in range(self.workers - 1)]
         try:
             self._run_trials(study, storage, space, fixed, sweep_run)
@@ -207,10 +246,12 @@ class OptunaStudySweeper(Sweeper):
             with KeepAlive(storage, [t._trial_id for t in batch], self.heartbeat_interval):
                 returns = self.launcher.launch(overrides, initial_job_idx=batch[0].number)
             for trial, result in zip(batch, returns, strict=True):
-                state = self._tell(study, trial, result)
-                if state is not None:
-                    sweep_run.mark_trial(trial.number, state)
-                    failures += state == TrialState.FAIL
+                told = self._tell(study, trial, result)
+                if told is None:
+                    continue
+                state, outage = told
+                sweep_run.mark_trial(trial.number, state, outage)
+                failures += state == TrialState.FAIL and outage is None
             if failures > self.max_failures:
                 sweep_run.finish(study, best_yaml=None, failed=True)
                 raise RuntimeError(
@@ -226,7 +267,8 @@ class OptunaStudySweeper(Sweeper):
         retry is picked up here."""
         waiting_since = None
         while True:
-            batch, running, lost = self._ask(study, space)
+            sweep_run.wait_for_server()  # no trial is asked for while the tracking server is down
+            batch, running, lost = retry_storage(lambda: self._ask(study, space))
             for trial in lost:
                 sweep_run.mark_lost(trial, self.grace_period)
             if batch or not running:
@@ -253,19 +295,21 @@ class OptunaStudySweeper(Sweeper):
         with study_lock(self.storage, self.study_name):
             lost = self.lost_trials.fail_dead(study)
             for trial in lost:
-                retry = trial.retry_number
                 log.warning(
                     "Trial %d lost its worker (no heartbeat for %d s): FAIL, %s",
                     trial.trial.number,
                     self.grace_period,
-                    f"retried as trial {retry}" if retry is not None else "retries used up",
+                    retried_as(trial.retry_number),
                 )
             trials = counted_trials(study.get_trials(deepcopy=False))
             finished = sum(t.state in FINISHED for t in trials)
             running = sum(t.state == TrialState.RUNNING for t in trials)
             waiting = sum(t.state == TrialState.WAITING for t in trials)
-            size = min(self.n_jobs, waiting + max(self.n_trials - len(trials), 0))
-            news = (finished, running, size)
+            # Trials an earlier attempt asked for, before the database dropped: started first.
+            size = min(
+                self.n_jobs - len(self._asked), waiting + max(self.n_trials - len(trials), 0)
+            )
+            news = (finished, running, size + len(self._asked))
             if news != self._last_news:
                 self._last_news = news
                 log.info(
@@ -279,9 +323,11 @@ class OptunaStudySweeper(Sweeper):
                 )
             with warnings.catch_warnings():  # Optuna's heartbeat is meant for its own loop
                 warnings.filterwarnings("ignore", "Heartbeat of storage", UserWarning)
-                batch = [study.ask(space) for _ in range(size)]
-            for trial in batch:  # alive from the start, before its worker's thread beats
+                for _ in range(size):
+                    self._asked.append(study.ask(space))
+            for trial in self._asked:  # alive from the start, before its worker's thread beats
                 record_heartbeat(study._storage, trial._trial_id)
+            batch, self._asked = self._asked, []
         return batch, running, lost
 
     def _drop_absent_keys(self, space: dict[str, BaseDistribution]) -> dict[str, BaseDistribution]:
@@ -355,10 +401,14 @@ class OptunaStudySweeper(Sweeper):
 
     def _tell(
         self, study: optuna.Study, trial: optuna.Trial, result: JobReturn
-    ) -> TrialState | None:
-        """Record the job's outcome; None when another worker had already failed the trial as
-        lost (its heartbeat stalled past grace_period): its retry stands for it."""
-        if study._storage.get_trial(trial._trial_id).state.is_finished():
+    ) -> tuple[TrialState, str | None] | None:
+        """Record the job's outcome: its state, and for a trial an outage stopped (the
+        tracking server or the study's database out of reach for longer than the waits) why
+        it was retried instead of charged to `max_failures`. None when another worker had
+        already failed the trial as lost (its heartbeat stalled past grace_period): its retry
+        stands for it."""
+        stored = retry_storage(lambda: study._storage.get_trial(trial._trial_id))
+        if stored.state.is_finished():
             log.warning(
                 "Trial %d was failed as lost while it ran (no heartbeat for %d s); its result "
                 "is dropped and its retry counts instead",
@@ -367,22 +417,42 @@ class OptunaStudySweeper(Sweeper):
             )
             return None
         if result.status == JobStatus.COMPLETED:
-            study.tell(trial, float(result.return_value), skip_if_finished=True)
+            value = float(result.return_value)
+            retry_storage(lambda: study.tell(trial, value, skip_if_finished=True))
             metric = self.config.optimized_metric
-            log.info(
-                "Trial %d: %s = %.4f %s", trial.number, metric, result.return_value, trial.params
-            )
-            return TrialState.COMPLETE
+            log.info("Trial %d: %s = %.4f %s", trial.number, metric, value, trial.params)
+            return TrialState.COMPLETE, None
         error = result._return_value
         if isinstance(error, optuna.TrialPruned):
-            study.tell(trial, state=TrialState.PRUNED, skip_if_finished=True)
+            retry_storage(lambda: study.tell(trial, state=TrialState.PRUNED, skip_if_finished=True))
             log.info("Trial %d pruned: %s", trial.number, error)
-            return TrialState.PRUNED
-        with contextlib.suppress(UpdateFinishedTrialError):  # failed as lost just now
-            trial.set_user_attr("error", f"{type(error).__name__}: {error}"[:1000])
-        study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
-        log.error("Trial %d failed: %s: %s", trial.number, type(error).__name__, error)
-        return TrialState.FAIL
+            return TrialState.PRUNED, None
+        message = f"{type(error).__name__}: {error}"[:1000]
+
+        def fail() -> None:
+            with contextlib.suppress(UpdateFinishedTrialError):  # failed as lost just now
+                trial.set_user_attr("error", message)
+            study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+
+        retry_storage(fail)
+        if not is_outage(error):
+            log.error("Trial %d failed: %s", trial.number, message)
+            return TrialState.FAIL, None
+
+        def retry() -> int | None:
+            with study_lock(self.storage, self.study_name):
+                return self.lost_trials.retry(study, study._storage.get_trial(trial._trial_id))
+
+        outage = f"stopped by an outage ({message}); {retried_as(retry_storage(retry))}"
+        log.warning("Trial %d %s, not charged to hydra.sweeper.max_failures", trial.number, outage)
+        return TrialState.FAIL, outage
+
+    def _server_wait_s(self) -> float:
+        """How long this sweep waits for a tracking server that is down: logger.server_wait_s
+        when it logs to MLflow."""
+        if not logs_to_mlflow(self.config):
+            return 0.0
+        return float(self.config.logger.get("server_wait_s") or 0)
 
     def _write_best(self, study: optuna.Study) -> Path | None:
         """`best.yaml`: the best trial's full config, from the study (every trial records the

@@ -7,12 +7,17 @@ UI shows each sweep as one expandable row.
 import atexit
 import logging
 import os
+import shutil
 import signal
+import socket
 import sys
-import tempfile
+import time
+import warnings
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import urlparse
 
 import optuna
 from hydra.experimental.callback import Callback
@@ -21,8 +26,12 @@ from optuna.distributions import BaseDistribution
 from optuna.trial import TrialState
 
 from fer_lab.core.errors import FERLabError, StopRequested
-from fer_lab.sweeps.heartbeats import LostTrial, counted_trials, retried_numbers
-from fer_lab.tracking.mlflow_store import prepare_tracking_store
+from fer_lab.sweeps.heartbeats import LostTrial, counted_trials, retried_as, retried_numbers
+from fer_lab.tracking.mlflow_store import (
+    is_connectivity_error,
+    prepare_tracking_store,
+    wait_for_server,
+)
 from fer_lab.tracking.run_identity import (
     FAILURE_REASON_TAG,
     PARENT_RUN_ENV,
@@ -33,9 +42,12 @@ from fer_lab.tracking.run_identity import (
 if TYPE_CHECKING:
     from mlflow import MlflowClient
 
+    from fer_lab.tracking.deliveries import ParentRunDeliveries
     from fer_lab.tracking.leaderboard import Entry
 
 log = logging.getLogger(__name__)
+HTTP = ("http", "https")
+T = TypeVar("T")
 
 
 def publish_leaderboard(client: "MlflowClient", run_id: str) -> list["Entry"]:
@@ -49,11 +61,23 @@ class SweepRun:
     """The parent run of a sweep; a no-op when the config logs somewhere other than MLflow.
 
     Re-running the same Optuna study reuses its parent run, so a resumed sweep stays one group.
+    Its deliveries wait out a server outage (ParentRunDeliveries, in `folder`), for up to
+    `server_wait_s` when the sweep ends.
     """
 
-    def __init__(self, client: "MlflowClient | None" = None, run_id: str | None = None) -> None:
+    def __init__(
+        self,
+        client: "MlflowClient | None" = None,
+        run_id: str | None = None,
+        deliveries: "ParentRunDeliveries | None" = None,
+        folder: Path | None = None,
+        server_wait_s: float = 0.0,
+    ) -> None:
         self.client = client
         self.run_id = run_id
+        self.deliveries = deliveries
+        self.folder = folder
+        self.server_wait_s = server_wait_s
 
     @classmethod
     def start(
@@ -62,16 +86,48 @@ class SweepRun:
         study_name: str,
         space: dict[str, BaseDistribution],
         settings: dict[str, Any],
+        server_wait_s: float = 0.0,
     ) -> "SweepRun":
+        """Find or create the parent run, waiting up to `server_wait_s` for a server that is
+        down (call under the study's lock, so that workers share one)."""
         if not logs_to_mlflow(config):
             return cls()
         # Only for a sweep: every `python -m` start, which imports this module, stays light.
         from mlflow import MlflowClient
 
+        from fer_lab.tracking.deliveries import ParentRunDeliveries
+
+        uri = config.logger.tracking_uri
+        prepare_tracking_store(uri, wait_s=server_wait_s)
+        client = MlflowClient(uri)
+        run_id = retry_when_unreachable(
+            lambda: cls._parent_run(client, config, study_name, space, settings), server_wait_s
+        )
+        # One folder per process: the files its deliveries point to, and what they could not
+        # deliver yet.
+        folder = (
+            Path(config.hydra.sweep.dir) / "mlflow_parent" / f"{socket.gethostname()}-{os.getpid()}"
+        )
+        deliveries = ParentRunDeliveries(
+            client,
+            folder / "mlflow_undelivered.jsonl",
+            config.logger.get("retry_interval_s", 30),
+            resume=False,
+        )
+        return cls(client, run_id, deliveries, folder, server_wait_s)
+
+    @staticmethod
+    def _parent_run(
+        client: "MlflowClient",
+        config: DictConfig,
+        study_name: str,
+        space: dict[str, BaseDistribution],
+        settings: dict[str, Any],
+    ) -> str:
+        from mlflow.entities import Param
+
         from fer_lab.tracking.ui_view import add_key_metrics_view
 
-        prepare_tracking_store(config.logger.tracking_uri)
-        client = MlflowClient(config.logger.tracking_uri)
         name = config.logger.experiment_name
         experiment = client.get_experiment_by_name(name)
         experiment_id = (
@@ -86,97 +142,128 @@ class SweepRun:
         if existing:
             run_id = existing[0].info.run_id
             client.update_run(run_id, status="RUNNING")
-            return cls(client, run_id)
+            return run_id
         run = client.create_run(
             experiment_id, run_name=f"sweep {study_name}", tags={SWEEP_TAG: study_name}
         )
-        for key, value in settings.items():
-            client.log_param(run.info.run_id, f"sweep/{key}", value)
-        for key, distribution in space.items():
-            client.log_param(run.info.run_id, f"space/{key}", repr(distribution)[:500])
-        return cls(client, run.info.run_id)
+        params = [Param(f"sweep/{key}", str(value)) for key, value in settings.items()]
+        params += [Param(f"space/{key}", repr(d)[:500]) for key, d in space.items()]
+        client.log_batch(run.info.run_id, params=params)
+        return run.info.run_id
 
-    def _trial_run(self, number: int) -> str | None:
-        runs = self.client.search_runs(
-            [self.client.get_run(self.run_id).info.experiment_id],
-            filter_string=(
-                f"tags.`mlflow.parentRunId` = '{self.run_id}' and tags.`optuna.trial` = '{number}'"
-            ),
-            max_results=1,
-        )
-        return runs[0].info.run_id if runs else None
+    def wait_for_server(self) -> None:
+        """Return once the tracking server answers (up to `server_wait_s`), with what this
+        sweep could not deliver sent; a no-op for a local store."""
+        if self.client is None or urlparse(self.client.tracking_uri).scheme not in HTTP:
+            return
+        wait_for_server(self.client.tracking_uri, self.server_wait_s)
+        self.deliveries.flush()
 
-    def mark_trial(self, number: int, state: TrialState) -> None:
-        """Tag the trial's run with its Optuna state; a pruned run ends as KILLED."""
+    def mark_trial(self, number: int, state: TrialState, reason: str | None = None) -> None:
+        """Tag the trial's run with its Optuna state: a pruned run ends KILLED, a failed one
+        FAILED, one with a `reason` (its worker died, an outage stopped it: it was retried)
+        KILLED, the reason in a tag."""
         if self.client is None:
             return
-        run_id = self._trial_run(number)
-        if run_id is None:  # the trial failed before its run was created
-            return
-        self.client.set_tag(run_id, "optuna.trial_state", state.name)
-        if state == TrialState.PRUNED:
-            self.client.set_terminated(run_id, status="KILLED")
-        elif state == TrialState.FAIL:
-            self.client.set_terminated(run_id, status="FAILED")
+        tags = [["optuna.trial_state", state.name]]
+        status = {TrialState.PRUNED: "KILLED", TrialState.FAIL: "FAILED"}.get(state)
+        if reason is not None:
+            tags.append([FAILURE_REASON_TAG, reason[:5000]])
+            status = "KILLED"
+        item = {"run_id": self.run_id, "kind": "trial", "trial": number, "tags": tags}
+        self.deliveries.deliver({**item, "status": status})
 
     def mark_lost(self, lost: LostTrial, grace_period: int) -> None:
         """End the run of a trial whose worker died as KILLED, saying why and what became of
         it (the leaderboard shows it KILLED, with the reason)."""
-        if self.client is None:
-            return
-        run_id = self._trial_run(lost.trial.number)
-        if run_id is None:  # it died before its run was created
-            return
-        retry = (
-            f"retried as trial {lost.retry_number}"
-            if lost.retry_number is not None
-            else "not retried (hydra.sweeper.max_retries used up)"
+        reason = (
+            f"its worker died (no heartbeat for {grace_period} s); {retried_as(lost.retry_number)}"
         )
-        reason = f"its worker died (no heartbeat for {grace_period} s); {retry}"
-        self.client.set_tag(run_id, "optuna.trial_state", TrialState.FAIL.name)
-        self.client.set_tag(run_id, FAILURE_REASON_TAG, reason)
-        self.client.set_terminated(run_id, status="KILLED")
+        self.mark_trial(lost.trial.number, TrialState.FAIL, reason)
 
     def finish(self, study: optuna.Study, best_yaml: Path | None, failed: bool = False) -> None:
+        """Counts, best trial, plots, best.yaml, leaderboard and the final status; waits up to
+        `server_wait_s` for a server that is down to take them (else they stay in the file)."""
         if self.client is None:
             return
+        finishing = time.time()
         every = study.get_trials(deepcopy=False)
         trials = counted_trials(every)
-        for state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL):
-            count = sum(t.state == state for t in trials)
-            self.client.log_metric(self.run_id, f"trials/{state.name.lower()}", count)
-        self.client.log_metric(self.run_id, "trials/retried", len(retried_numbers(every)))
+        now = int(finishing * 1000)
+        metrics = [
+            [f"trials/{state.name.lower()}", sum(t.state == state for t in trials), now, 0]
+            for state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+        ]
+        metrics.append(["trials/retried", len(retried_numbers(every)), now, 0])
+        tags = []
         completed = [t for t in trials if t.state == TrialState.COMPLETE]
         if completed:
             best = study.best_trial
-            self.client.log_metric(self.run_id, "best/value", best.value)
-            self.client.set_tag(self.run_id, "best.trial", str(best.number))
-            for key, value in best.params.items():
-                self.client.set_tag(self.run_id, f"best.{key}", str(value))
-            self._log_plots(study, len(completed))
+            metrics.append(["best/value", best.value, now, 0])
+            tags = [["best.trial", str(best.number)]]
+            tags += [[f"best.{key}", str(value)] for key, value in best.params.items()]
+        self._deliver({"kind": "batch", "metrics": metrics, "tags": tags})
+        for path in self._plots(study, len(completed)):
+            self._deliver({"kind": "artifact", "path": str(path), "artifact_path": "sweep"})
         if best_yaml is not None:
-            self.client.log_artifact(self.run_id, str(best_yaml))
-        publish_leaderboard(self.client, self.run_id)
-        self.client.set_terminated(self.run_id, status="FAILED" if failed else "FINISHED")
+            self._deliver({"kind": "artifact", "path": str(best_yaml), "artifact_path": None})
+        # Every trial of the study is final by now: a board written since shows them all.
+        self._deliver({"kind": "leaderboard", "written_after": finishing})
+        self._deliver({"kind": "status", "status": "FAILED" if failed else "FINISHED"})
+        if self.deliveries.drain(self.server_wait_s):
+            shutil.rmtree(self.folder, ignore_errors=True)  # its files reached the server
+        else:
+            log.warning(
+                "The sweep's parent run %s did not get %d MLflow deliveries (%s): the server "
+                "stayed unreachable; they are kept in %s",
+                self.run_id,
+                len(self.deliveries.pending),
+                self.client.tracking_uri,
+                self.deliveries.path,
+            )
 
-    def _log_plots(self, study: optuna.Study, completed: int) -> None:
+    def _deliver(self, item: dict[str, Any]) -> None:
+        self.deliveries.deliver({"run_id": self.run_id, **item})
+
+    def _plots(self, study: optuna.Study, completed: int) -> list[Path]:
+        """The study's plots, as files in this process's folder (they may wait for upload)."""
+        if not completed:
+            return []
         import matplotlib.pyplot as plt
         from optuna.visualization import matplotlib as plots
 
         wanted = {"optimization_history.png": plots.plot_optimization_history}
         if completed >= 2 and study.best_trial.params:
             wanted["param_importances.png"] = plots.plot_param_importances
-        with tempfile.TemporaryDirectory() as tmp:
-            for name, plot in wanted.items():
-                try:
+        folder = self.folder / "sweep"
+        folder.mkdir(parents=True, exist_ok=True)
+        paths = []
+        for name, plot in wanted.items():
+            try:
+                with warnings.catch_warnings():  # "experimental" since Optuna 2.2
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                     axes = plot(study)
-                except (ValueError, RuntimeError) as error:
-                    log.warning("No %s: %s", name, error)
-                    continue
-                path = Path(tmp) / name
-                axes.figure.savefig(path, dpi=120, bbox_inches="tight")
-                plt.close(axes.figure)
-                self.client.log_artifact(self.run_id, str(path), "sweep")
+            except (ValueError, RuntimeError) as error:
+                log.warning("No %s: %s", name, error)
+                continue
+            path = folder / name
+            axes.figure.savefig(path, dpi=120, bbox_inches="tight")
+            plt.close(axes.figure)
+            paths.append(path)
+        return paths
+
+
+def retry_when_unreachable(action: Callable[[], T], wait_s: float) -> T:
+    """`action()`, tried again while the tracking store is unreachable, for up to `wait_s`."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return action()
+        except Exception as error:
+            if not is_connectivity_error(error) or time.monotonic() >= deadline:
+                raise
+            log.warning("MLflow store unreachable (%s); trying again", error)
+            time.sleep(2.0)
 
 
 class GroupGridRuns(Callback):

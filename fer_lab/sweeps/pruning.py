@@ -15,7 +15,7 @@ from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
 from fer_lab.core.secrets import masked
 from fer_lab.sweeps.heartbeats import KeepAlive
-from fer_lab.sweeps.storage import open_storage
+from fer_lab.sweeps.storage import retry_storage, shared_storage
 
 CONFIG_ATTR = "fer_lab.config"  # the trial's config as YAML, with its group choices
 
@@ -44,13 +44,17 @@ class OptunaPruning(pl.Callback):
             instantiate(sweeper.pruner) if sweeper.get("pruner") else optuna.pruners.NopPruner()
         )
         heartbeat = {key: sweeper.get(key) for key in ("heartbeat_interval", "grace_period")}
-        storage = open_storage(sweeper.storage, **heartbeat)
-        study = optuna.load_study(study_name=sweeper.study_name, storage=storage, pruner=pruner)
+        # Each storage call tries again while a database server restarts.
+        storage = retry_storage(lambda: shared_storage(sweeper.storage, **heartbeat))
+        study = retry_storage(
+            lambda: optuna.load_study(study_name=sweeper.study_name, storage=storage, pruner=pruner)
+        )
         trial = optuna.trial.Trial(study, cfg.sweep.trial_id)
         choices = hydra.runtime.choices
         config = {"model": choices.model, "dataset": choices.dataset}
         if rank_zero_only.rank == 0:
-            trial.set_user_attr(CONFIG_ATTR, masked({**config, "yaml": OmegaConf.to_yaml(cfg)}))
+            recorded = masked({**config, "yaml": OmegaConf.to_yaml(cfg)})
+            retry_storage(lambda: trial.set_user_attr(CONFIG_ATTR, recorded))
         return cls(trial, cfg.optimized_metric, sweeper.heartbeat_interval)
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -72,8 +76,9 @@ class OptunaPruning(pl.Callback):
         epoch = trainer.current_epoch
         prune = False
         if trainer.is_global_zero:  # a DDP trial reports once, and all its ranks stop together
-            self.trial.report(float(trainer.callback_metrics[self.monitor]), step=epoch)
-            prune = self.trial.should_prune()
+            value = float(trainer.callback_metrics[self.monitor])
+            retry_storage(lambda: self.trial.report(value, step=epoch))
+            prune = retry_storage(self.trial.should_prune)
         if trainer.strategy.broadcast(prune):
             self.pruned_at = epoch
             trainer.should_stop = True

@@ -3,6 +3,7 @@ launcher workers, or on other machines): a journal file or a database URL; and t
 workers take turns under to count its trials and ask for new ones."""
 
 import contextlib
+import functools
 import hashlib
 import logging
 import random
@@ -11,7 +12,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlparse
 
 import optuna
@@ -30,6 +31,10 @@ from fer_lab.tracking.sqlite_files import (
 log = logging.getLogger(__name__)
 # Workers racing to create Optuna's tables on an empty database: the losers try again.
 SCHEMA_ATTEMPTS = 5
+# How long a sweep's processes keep trying a study database that does not answer (a server
+# restarting, a network blip) before they give up.
+STORAGE_WAIT_S = 300.0
+T = TypeVar("T")
 
 
 def open_storage(
@@ -63,6 +68,15 @@ def open_storage(
     return JournalStorage(JournalFileBackend(str(path)))
 
 
+@functools.cache
+def shared_storage(
+    spec: str, heartbeat_interval: int | None = None, grace_period: int | None = None
+) -> BaseStorage:
+    """`open_storage`, once per process: the trials a worker runs one after another share its
+    database connections instead of each opening (and leaving) a pool of its own."""
+    return open_storage(spec, heartbeat_interval, grace_period)
+
+
 def database_storage(url: str, **heartbeat: Any) -> RDBStorage:
     """Optuna's storage on a database server. Two workers started together on an empty
     database both create Optuna's tables, and one fails (`alembic_version` already exists);
@@ -78,6 +92,43 @@ def database_storage(url: str, **heartbeat: Any) -> RDBStorage:
             log.info("Optuna storage not ready (%s); trying again", type(error.orig).__name__)
             time.sleep(0.5 + random.random())
     return RDBStorage(url, engine_kwargs=engine, **heartbeat)  # the last attempt raises
+
+
+def is_connection_error(error: BaseException | None) -> bool:
+    """Whether `error`, or what it wraps (Optuna wraps SQLAlchemy's), says the database could
+    not be reached or dropped the connection, rather than that the request was wrong."""
+    from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OperationalError | InterfaceError):
+            return True
+        if isinstance(error, DBAPIError) and error.connection_invalidated:
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def retry_storage(action: Callable[[], T], wait_s: float = STORAGE_WAIT_S) -> T:
+    """`action()`, tried again while the study's database is unreachable, for up to `wait_s`
+    seconds: a PostgreSQL restart costs a sweep a pause, not its trials."""
+    deadline = time.monotonic() + wait_s
+    down_since = None
+    while True:
+        try:
+            result = action()
+        except Exception as error:
+            if not is_connection_error(error) or time.monotonic() >= deadline:
+                raise
+            if down_since is None:
+                down_since = time.monotonic()
+                log.warning("Optuna storage unreachable (%s); trying again", type(error).__name__)
+            time.sleep(1.0)
+            continue
+        if down_since is not None:
+            log.info("Optuna storage answers again after %.0f s", time.monotonic() - down_since)
+        return result
 
 
 @contextlib.contextmanager
@@ -109,6 +160,7 @@ def study_lock(spec: str, study_name: str) -> Iterator[None]:
 
 def _postgres_advisory_lock(url: str, key: int) -> Iterator[None]:
     from sqlalchemy import create_engine, text
+    from sqlalchemy.exc import DBAPIError
 
     engine = create_engine(url)
     try:
@@ -117,6 +169,8 @@ def _postgres_advisory_lock(url: str, key: int) -> Iterator[None]:
             try:
                 yield
             finally:
-                connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": key})
+                # A restarted server released the lock with the connection it dropped.
+                with contextlib.suppress(DBAPIError):
+                    connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": key})
     finally:
         engine.dispose()

@@ -1,7 +1,8 @@
 """MLflow deliveries in order, kept while the store is unreachable.
 
 Items are JSON-able dicts: a `log_batch` (metrics, params, tags), an artifact upload (by
-path) or a status, each naming its run. Deliveries that fail because the store is unreachable
+path) or a status, each naming its run (a sweep's parent run has two kinds more:
+ParentRunDeliveries). Deliveries that fail because the store is unreachable
 (connection refused, timeouts, HTTP 5xx) wait in memory and in a file, one item per line, and
 go first once the store answers; real errors (a param re-logged with another value) raise. The
 file survives the process, so a later process (a resumed run, `python -m
@@ -19,8 +20,10 @@ from mlflow.entities import Metric, Param, RunStatus, RunTag
 
 from fer_lab.core.errors import TrackingError
 from fer_lab.tracking.mlflow_store import is_connectivity_error
+from fer_lab.tracking.run_identity import LEADERBOARD_AT_TAG
 
 log = logging.getLogger(__name__)
+DRAIN_POLL_S = 2.0  # how often `drain` tries a store that stays down
 
 
 class DeliveryQueue:
@@ -104,6 +107,16 @@ class DeliveryQueue:
         self._save()
         return True
 
+    def drain(self, wait_s: float) -> bool:
+        """Retry the waiting items until none is left or `wait_s` seconds have passed; whether
+        they all went (a sweep's trial hands its results over before it ends)."""
+        deadline = time.monotonic() + wait_s
+        while not self.flush(force=True):
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(min(DRAIN_POLL_S, max(deadline - time.monotonic(), 0)))
+        return True
+
     def _save(self) -> None:
         """Mirror what is undelivered to the file (gone once everything went through)."""
         items = self.dropped + self.pending
@@ -133,3 +146,40 @@ class DeliveryQueue:
                 tags=[RunTag(*row) for row in item.get("tags", [])],
                 **self.log_batch_kwargs,
             )
+
+
+class ParentRunDeliveries(DeliveryQueue):
+    """A parent run's deliveries, kept while the server is down like a run's; besides
+    DeliveryQueue's kinds, `trial` (tag a trial's run and end it, the run looked up when it
+    is delivered) and `leaderboard` (publish the parent's, unless another worker has since
+    `written_after`: the workers of a sweep end together, and one final board will do)."""
+
+    def send(self, item: dict[str, Any]) -> None:
+        if item["kind"] == "leaderboard":
+            from fer_lab.tracking.leaderboard import publish  # pandas, matplotlib: only here
+
+            tags = self.client.get_run(item["run_id"]).data.tags
+            if float(tags.get(LEADERBOARD_AT_TAG, 0)) > item["written_after"]:
+                return
+            self.client.set_tag(item["run_id"], LEADERBOARD_AT_TAG, f"{time.time():.3f}")
+            publish(self.client, item["run_id"])
+        elif item["kind"] == "trial":
+            run_id = self._trial_run(item["run_id"], item["trial"])
+            if run_id is None:  # the trial ended before its run was created
+                return
+            self.client.log_batch(run_id, tags=[RunTag(*tag) for tag in item["tags"]])
+            if item.get("status"):
+                self.client.set_terminated(run_id, status=item["status"])
+        else:
+            super().send(item)
+
+    def _trial_run(self, parent_run_id: str, number: int) -> str | None:
+        runs = self.client.search_runs(
+            [self.client.get_run(parent_run_id).info.experiment_id],
+            filter_string=(
+                f"tags.`mlflow.parentRunId` = '{parent_run_id}' "
+                f"and tags.`optuna.trial` = '{number}'"
+            ),
+            max_results=1,
+        )
+        return runs[0].info.run_id if runs else None

@@ -31,7 +31,7 @@ from pytorch_lightning.loggers.logger import rank_zero_experiment
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
 from fer_lab.core.errors import TrackingError
-from fer_lab.tracking.deliveries import DeliveryQueue
+from fer_lab.tracking.deliveries import DRAIN_POLL_S, DeliveryQueue
 from fer_lab.tracking.mlflow_store import is_connectivity_error, prepare_tracking_store
 from fer_lab.tracking.run_identity import FAILURE_REASON_TAG
 from fer_lab.tracking.ui_view import add_key_metrics_view
@@ -45,7 +45,11 @@ _PL_STATUS = {"success": "FINISHED", "finished": "FINISHED", "failed": "FAILED"}
 
 class FERMLflowLogger(MLFlowLogger):
     """PL's MLFlowLogger with a prepared store, a race-free experiment lookup, and buffered
-    deliveries; `retry_interval_s` spaces out retries, so an outage costs seconds per epoch."""
+    deliveries; `retry_interval_s` spaces out retries, so an outage costs seconds per epoch.
+
+    With `server_wait_s` (a sweep's trials get logger.server_wait_s; a single run 0, so it
+    fails fast) an outage is a pause: the logger waits that long for a server that is down
+    when it starts, when it creates its run, and when it ends with deliveries still waiting."""
 
     def __init__(
         self,
@@ -55,11 +59,13 @@ class FERMLflowLogger(MLFlowLogger):
         *,
         undelivered_path: str | Path = "mlflow_undelivered.jsonl",
         retry_interval_s: float = 30.0,
+        server_wait_s: float = 0.0,
         **kwargs: Any,
     ) -> None:
         tracking_uri = tracking_uri or os.getenv("MLFLOW_TRACKING_URI")
+        self._server_wait_s = server_wait_s
         if tracking_uri:
-            prepare_tracking_store(tracking_uri)
+            prepare_tracking_store(tracking_uri, wait_s=server_wait_s)
         super().__init__(experiment_name, run_name, tracking_uri, **kwargs)
         self._deliveries = DeliveryQueue(
             self._mlflow_client,
@@ -94,7 +100,24 @@ class FERMLflowLogger(MLFlowLogger):
     @property
     @rank_zero_experiment
     def experiment(self) -> MlflowClient:
-        """PL's lazy run creation; the experiment lookup tolerates parallel trials creating it."""
+        """PL's lazy run creation; the experiment lookup tolerates parallel trials creating it,
+        and an unreachable store is waited for up to `server_wait_s`."""
+        deadline = time.monotonic() + self._server_wait_s
+        while True:
+            try:
+                return self._experiment_with_run()
+            except Exception as error:
+                if not is_connectivity_error(error) or time.monotonic() >= deadline:
+                    raise
+                log.warning(
+                    "MLflow store unreachable while creating the run (%s); trying again for up "
+                    "to %.0f s more (logger.server_wait_s)",
+                    error,
+                    deadline - time.monotonic(),
+                )
+                time.sleep(DRAIN_POLL_S)
+
+    def _experiment_with_run(self) -> MlflowClient:
         try:
             if not self._initialized and self._run_id is None and self._experiment_id is None:
                 self._experiment_id = self._experiment_id_for(self._experiment_name)
@@ -204,6 +227,14 @@ class FERMLflowLogger(MLFlowLogger):
             self._scan_and_log_checkpoints(self._checkpoint_callback)
         status = self._final_status or _PL_STATUS.get(status, status)
         self._deliver({"kind": "status", "status": status}, force=True)
+        if self._deliveries.pending and self._server_wait_s:
+            log.warning(
+                "%d MLflow deliveries wait for %s; trying for up to %g s (logger.server_wait_s)",
+                len(self._deliveries.pending),
+                self._tracking_uri,
+                self._server_wait_s,
+            )
+            self._deliveries.drain(self._server_wait_s)
         count = self._deliveries.remaining
         if not count:
             return

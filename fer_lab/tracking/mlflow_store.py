@@ -1,12 +1,14 @@
 """The MLflow tracking store, checked before a run uses it: a fast, clear failure for an
-unreachable server or one that refuses this process's login (MLFLOW_TRACKING_USERNAME /
-MLFLOW_TRACKING_PASSWORD); a SQLite file created once, under a lock
-(fer_lab/tracking/sqlite_files.py).
+unreachable server (or, in a sweep, a bounded wait for it) and for one that refuses this
+process's login (MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD); a SQLite file created
+once, under a lock (fer_lab/tracking/sqlite_files.py).
 """
 
 import contextlib
+import logging
 import os
 import sqlite3
+import time
 from urllib.parse import urlparse
 
 from fer_lab.core.errors import TrackingError
@@ -23,20 +25,36 @@ PROBE_TIMEOUT_S = 1.5
 # for minutes per call when the server is down; our buffering logger retries later instead.
 HTTP_LIMITS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
 
+# How long this process waits for a tracking server that does not answer (s): set by a sweep
+# for its own processes and its trials' (from logger.server_wait_s); unset, a run fails fast.
+TRACKING_WAIT_ENV = "FER_LAB_TRACKING_WAIT_S"
+
+log = logging.getLogger(__name__)
 _prepared: set[str] = set()
 
 
-def prepare_tracking_store(uri: str) -> None:
+class ServerUnreachable(TrackingError):
+    """The tracking server did not answer (down, restarting, out of reach): an outage to wait
+    out, not a mistake in the run."""
+
+
+def tracking_wait_s() -> float:
+    """This process's wait for an unreachable server: TRACKING_WAIT_ENV, else 0."""
+    return float(os.environ.get(TRACKING_WAIT_ENV) or 0)
+
+
+def prepare_tracking_store(uri: str, wait_s: float | None = None) -> None:
     """Make `uri` safe to use before an MlflowClient touches it.
 
     http(s): cap MLflow's HTTP retries (unless set in the environment), check `/health` and
-    that the server takes this process's credentials; sqlite: create and migrate the file once,
-    under a lock, in WAL mode; anything else: nothing.
+    that the server takes this process's credentials, waiting up to `wait_s` seconds (default
+    `tracking_wait_s()`) for a server that does not answer; sqlite: create and migrate the file
+    once, under a lock, in WAL mode; anything else: nothing.
     """
     if urlparse(uri).scheme in ("http", "https"):
         for name, value in HTTP_LIMITS.items():
             os.environ.setdefault(name, value)
-        probe_server(uri)
+        wait_for_server(uri, tracking_wait_s() if wait_s is None else wait_s)
         check_credentials(uri)
     elif is_sqlite_url(uri) and uri not in _prepared:
         with prepared_sqlite(uri):
@@ -86,8 +104,35 @@ def is_connectivity_error(error: BaseException) -> bool:
     return False
 
 
+def wait_for_server(uri: str, wait_s: float) -> None:
+    """Return once `/health` answers; ServerUnreachable once it has not for `wait_s` seconds
+    (with 0, after one probe)."""
+    deadline = time.monotonic() + wait_s
+    down_since = None
+    while True:
+        try:
+            probe_server(uri)
+        except ServerUnreachable as error:
+            if time.monotonic() >= deadline:
+                if not wait_s:
+                    raise
+                raise ServerUnreachable(
+                    f"{error} Waited {wait_s:g} s for it (logger.server_wait_s)."
+                ) from None
+            if down_since is None:
+                down_since = time.monotonic()
+                log.warning("%s Waiting up to %g s (logger.server_wait_s)", error, wait_s)
+            time.sleep(min(2.0, max(deadline - time.monotonic(), 0)))
+            continue
+        if down_since is not None:
+            waited = time.monotonic() - down_since
+            log.info("MLflow tracking server %s answers again after %.0f s", uri, waited)
+        return
+
+
 def probe_server(uri: str) -> None:
-    """Raise TrackingError within 2 x PROBE_TIMEOUT_S (connect, read) unless `/health` answers."""
+    """Raise ServerUnreachable within 2 x PROBE_TIMEOUT_S (connect, read) unless `/health`
+    answers."""
     import requests
     from mlflow.environment_variables import (
         MLFLOW_TRACKING_INSECURE_TLS,
@@ -109,7 +154,7 @@ def probe_server(uri: str) -> None:
             return
         problem = f"HTTP {response.status_code} on /health"
     port = urlparse(uri).port or 5000
-    raise TrackingError(
+    raise ServerUnreachable(
         f"MLflow tracking server {uri} is not reachable: GET {url}: {problem}. "
         f"Start it (`make ui`, or `mlflow server --backend-store-uri sqlite:///mlflow.db "
         f"--port {port}`), or unset MLFLOW_TRACKING_URI (or logger.tracking_uri) to log to "
@@ -145,13 +190,13 @@ def check_credentials(uri: str) -> None:
     both = " and ".join(LOGIN_VARIABLES)
     if len(given) == len(LOGIN_VARIABLES):
         user = os.environ["MLFLOW_TRACKING_USERNAME"]
-        problem = f"refused the login of user {user!r} (HTTP 401): check {both}"
+        problem = f"refused the login of user {user!r} (HTTP 401): check that {both} hold"
     elif given:
         missing = next(name for name in LOGIN_VARIABLES if name not in given)
-        problem = f"wants a login (HTTP 401); {given[0]} is set, {missing} is not: set {both}"
+        problem = f"wants a login (HTTP 401); {given[0]} is set, {missing} is not: set {both} to"
     else:
-        problem = f"wants a login (HTTP 401) and none was given: set {both}"
+        problem = f"wants a login (HTTP 401) and none was given: set {both} to"
     raise TrackingError(
-        f"{where} {problem} to your user on it (its admin creates users and grants them an "
-        "experiment: README, Scale out)."
+        f"{where} {problem} your user name on it and its password (its admin creates users and "
+        "grants them an experiment: README, Scale out)."
     )

@@ -19,6 +19,8 @@ PARENT_RUN_ENV = "FER_LAB_PARENT_RUN_ID"
 SWEEP_TAG = "fer_lab.sweep"
 # On a run that ended KILLED or FAILED: why.
 FAILURE_REASON_TAG = "fer_lab.failure_reason"
+# On a sweep's parent run: when its leaderboard was last written (epoch seconds).
+LEADERBOARD_AT_TAG = "fer_lab.leaderboard_at"
 
 
 def logs_to_mlflow(config: DictConfig) -> bool:
