@@ -15,6 +15,7 @@ from pathlib import Path
 import optuna
 import pandas as pd
 import pytest
+from mlflow import MlflowClient
 from optuna.trial import TrialState
 
 from fer_lab.sweeps.heartbeats import FAILED_TRIAL_ATTR, counted_trials
@@ -26,14 +27,6 @@ from .test_sweeps import TINY, sweep_runs
 pytestmark = pytest.mark.slow
 
 GRACE_S = 4
-
-
-def storage_for(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
-    if backend == "journal":
-        return str(tmp_path / "optuna.journal")
-    if backend == "sqlite":
-        return f"sqlite:///{tmp_path / 'optuna.db'}"
-    return request.getfixturevalue("postgres_url")
 
 
 def sweep_command(tmp_path: Path, workers: int, n_trials: int) -> list[str]:
@@ -63,14 +56,23 @@ def trials_of(storage: str) -> list[optuna.trial.FrozenTrial]:
     return sorted(study.trials, key=lambda t: t.number)
 
 
-@pytest.mark.parametrize(
-    ("backend", "workers"),
-    [("journal", 1), ("sqlite", 1), ("postgresql", 1), ("journal", 3), ("postgresql", 3)],
-)
-def test_a_sweep_killed_whole_reaches_n_trials_when_run_again(
-    tmp_path: Path, request: pytest.FixtureRequest, mlflow_client, backend: str, workers: int
+@pytest.mark.parametrize(("backend", "workers"), [("journal", 1), ("sqlite", 1), ("journal", 3)])
+def test_a_sweep_killed_whole_on_a_file_reaches_n_trials_when_run_again(
+    tmp_path: Path, mlflow_client, backend: str, workers: int
 ) -> None:
-    storage = storage_for(backend, tmp_path, request)
+    files = {"journal": str(tmp_path / "optuna.journal"), "sqlite": f"sqlite:///{tmp_path}/o.db"}
+    kill_and_run_again(tmp_path, files[backend], workers, mlflow_client())
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+def test_a_sweep_killed_whole_on_postgresql_reaches_n_trials_when_run_again(
+    tmp_path: Path, postgres_url: str, mlflow_client, workers: int
+) -> None:
+    kill_and_run_again(tmp_path, postgres_url, workers, mlflow_client())
+
+
+def kill_and_run_again(tmp_path: Path, storage: str, workers: int, client: MlflowClient) -> None:
+    """The sweep on `storage`, killed whole once every worker is mid-trial, then run again."""
     n_trials = 2 * workers  # `workers` trials finish, then every worker dies mid-trial
     env = {
         **os.environ,
@@ -119,7 +121,6 @@ def test_a_sweep_killed_whole_reaches_n_trials_when_run_again(
         assert retry.state == TrialState.COMPLETE
     assert output.count("lost its worker") == workers
 
-    client = mlflow_client()
     parents, children = sweep_runs(client)
     (parent,) = parents
     assert {run.info.status for run in [*parents, *children]} <= {"FINISHED", "KILLED"}
