@@ -54,8 +54,17 @@ def prepare_tracking_store(uri: str, wait_s: float | None = None) -> None:
     if urlparse(uri).scheme in ("http", "https"):
         for name, value in HTTP_LIMITS.items():
             os.environ.setdefault(name, value)
-        wait_for_server(uri, tracking_wait_s() if wait_s is None else wait_s)
-        check_credentials(uri)
+        wait_s = tracking_wait_s() if wait_s is None else wait_s
+        deadline = time.monotonic() + wait_s
+        while True:
+            wait_for_server(uri, max(deadline - time.monotonic(), 0) if wait_s else 0)
+            try:
+                check_credentials(uri)
+                break
+            except ServerUnreachable:
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(2.0)
     elif is_sqlite_url(uri) and uri not in _prepared:
         with prepared_sqlite(uri):
             if not _has_default_experiment(uri):
@@ -165,6 +174,8 @@ def probe_server(uri: str) -> None:
 # Any authenticated read: it answers 401 without, or with a wrong, login.
 LOGIN_PROBE = "/api/2.0/mlflow/experiments/search"
 LOGIN_VARIABLES = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
+# A login's check is a deliberately slow password hash: seconds on a busy server.
+LOGIN_TIMEOUT_S = 30.0
 
 
 def check_credentials(uri: str) -> None:
@@ -174,15 +185,23 @@ def check_credentials(uri: str) -> None:
     from mlflow.utils.credentials import get_default_host_creds
     from mlflow.utils.rest_utils import http_request
 
-    response = http_request(
-        get_default_host_creds(uri),
-        LOGIN_PROBE,
-        "GET",
-        params={"max_results": 1},
-        max_retries=0,
-        timeout=2 * PROBE_TIMEOUT_S,
-        raise_on_status=False,
-    )
+    try:
+        response = http_request(
+            get_default_host_creds(uri),
+            LOGIN_PROBE,
+            "GET",
+            params={"max_results": 1},
+            max_retries=0,
+            timeout=LOGIN_TIMEOUT_S,
+            raise_on_status=False,
+        )
+    except Exception as error:
+        if not is_connectivity_error(error):
+            raise
+        raise ServerUnreachable(
+            f"MLflow tracking server {mask_secrets(uri)} answers /health but not the login "
+            f"check ({error})"
+        ) from None
     if response.status_code != 401:
         return
     given = [name for name in LOGIN_VARIABLES if os.environ.get(name)]
