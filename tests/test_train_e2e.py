@@ -124,12 +124,19 @@ def test_short_run_learns_the_synthetic_faces(tmp_path: Path) -> None:
 
 
 def test_multirun_runs_are_grouped_under_a_parent(tmp_path: Path, mlflow_client) -> None:
-    run_train(tmp_path, "model=convnet0,cntk_simple", "trainer=debug", *SMALL, multirun=True)
+    result = run_train(
+        tmp_path, "model=convnet0,cntk_simple", "trainer=debug", *SMALL, multirun=True
+    )
     client = mlflow_client()
     runs = client.search_runs([client.get_experiment_by_name("synthetic").experiment_id])
     (parent,) = [r for r in runs if "fer_lab.sweep" in r.data.tags]
     jobs = [r for r in runs if r is not parent]
     assert sorted(r.data.tags["model"] for r in jobs) == ["cntk_simple", "convnet0"]
+    # Children named by what differs between them; what they share is on the parent.
+    assert sorted(r.info.run_name for r in jobs) == ["cntk_simple", "convnet0"]
+    shared = parent.data.tags["fer_lab.shared_overrides"]
+    assert "trainer=debug" in shared and "dataset=synthetic" in shared and "model=" not in shared
+    assert "Leaderboard (2 runs, ranked by val/acc_best):" in result.stdout + result.stderr
     assert {r.data.tags["mlflow.parentRunId"] for r in jobs} == {parent.info.run_id}
     assert all(r.info.status == "FINISHED" for r in runs)
     # The grid's leaderboard on the parent run: a row per job, best val/acc_best first.

@@ -26,6 +26,7 @@ from optuna.distributions import BaseDistribution
 from optuna.trial import TrialState
 
 from fer_lab.core.errors import FERLabError, StopRequested
+from fer_lab.core.secrets import mask_secrets
 from fer_lab.sweeps.heartbeats import LostTrial, counted_trials, retried_as, retried_numbers
 from fer_lab.tracking.mlflow_store import (
     is_connectivity_error,
@@ -37,6 +38,13 @@ from fer_lab.tracking.run_identity import (
     PARENT_RUN_ENV,
     SWEEP_TAG,
     logs_to_mlflow,
+    run_url,
+)
+from fer_lab.tracking.run_names import (
+    SHARED_TAG,
+    publish_swept_keys,
+    shared_overrides,
+    swept_keys,
 )
 
 if TYPE_CHECKING:
@@ -143,8 +151,12 @@ class SweepRun:
             run_id = existing[0].info.run_id
             client.update_run(run_id, status="RUNNING")
             return run_id
+        command_line = [mask_secrets(o) for o in config.hydra.overrides.task]
+        shared = shared_overrides(command_line, swept_keys(command_line, space))
         run = client.create_run(
-            experiment_id, run_name=f"sweep {study_name}", tags={SWEEP_TAG: study_name}
+            experiment_id,
+            run_name=f"sweep {study_name}",
+            tags={SWEEP_TAG: study_name, SHARED_TAG: " ".join(shared) or "(none)"},
         )
         params = [Param(f"sweep/{key}", str(value)) for key, value in settings.items()]
         params += [Param(f"space/{key}", repr(d)[:500]) for key, d in space.items()]
@@ -277,10 +289,13 @@ class GroupGridRuns(Callback):
 
     def __init__(self) -> None:
         self.sweep_run = SweepRun()
+        self.tracking_uri = ""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         if config.hydra.sweeper._target_.endswith("OptunaSweeper"):
             return
+        publish_swept_keys(swept_keys(config.hydra.overrides.task))
+        self.tracking_uri = str(config.logger.get("tracking_uri"))
         sweep_dir = Path(config.hydra.sweep.dir)
         try:
             self.sweep_run = SweepRun.start(
@@ -313,6 +328,10 @@ class GroupGridRuns(Callback):
             status = "FAILED" if failed else "KILLED"
             log.warning("The grid ended before its last job: parent run %s is %s", run_id, status)
         client.set_terminated(run_id, status=status)
+        from fer_lab.tracking.leaderboard import standings  # with MLflow, as publish
+
+        experiment_id = client.get_run(run_id).info.experiment_id
+        log.info("\n%s", standings(entries, run_url(self.tracking_uri, experiment_id, run_id)))
 
 
 def _stop_on_sigterm(signum: int, frame: FrameType | None) -> None:

@@ -124,6 +124,18 @@ def write_leaderboard(entries: list[Entry], folder: Path, title: str) -> list[Pa
     return [csv, markdown, ranking, write_val_curves(entries, folder / "val_curves", title)]
 
 
+def standings(entries: list[Entry], url: str, top: int = 5) -> str:
+    """What a grid or sweep prints at its end: its best runs and the parent run's page."""
+    lines = [f"Leaderboard ({len(entries)} runs, ranked by {RANKED_BY}):"]
+    for rank, entry in enumerate(entries[:top], 1):
+        lines.append(
+            f"  {rank}. {entry.name}: {RANKED_BY} {entry.val_acc_best:.4f}, "
+            f"test/acc {entry.test_acc:.4f} ({entry.status})"
+        )
+    lines.append(f"Parent run: {url}")
+    return "\n".join(lines)
+
+
 def publish(client: MlflowClient, parent_run_id: str) -> list[Entry]:
     """(Re)write the leaderboard of the parent's children as the parent's artifacts; returns
     its entries."""

@@ -6,12 +6,14 @@ Light to import (no torch, no Lightning): Hydra's multirun callback reads it on 
 import os
 
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 import fer_lab
 from fer_lab.core.secrets import mask_secrets
 from fer_lab.tracking.protocol import protocol_tags
 from fer_lab.tracking.provenance import describe_hardware, git_commit
+from fer_lab.tracking.run_names import child_name
 
 # How a grid multirun's parent run id reaches its jobs (in-process or in launcher workers).
 PARENT_RUN_ENV = "FER_LAB_PARENT_RUN_ID"
@@ -21,6 +23,15 @@ SWEEP_TAG = "fer_lab.sweep"
 FAILURE_REASON_TAG = "fer_lab.failure_reason"
 # On a sweep's parent run: when its leaderboard was last written (epoch seconds).
 LEADERBOARD_AT_TAG = "fer_lab.leaderboard_at"
+
+
+LOCAL_UI = "http://127.0.0.1:5000"  # what `make ui` serves (Makefile)
+
+
+def run_url(tracking_uri: str, experiment_id: str, run_id: str) -> str:
+    """The MLflow UI page of a run: on the tracking server, or on `make ui` for a local store."""
+    base = tracking_uri.rstrip("/") if tracking_uri.startswith("http") else LOCAL_UI
+    return f"{base}/#/experiments/{experiment_id}/runs/{run_id}"
 
 
 def logs_to_mlflow(config: DictConfig) -> bool:
@@ -35,7 +46,9 @@ def run_identity(cfg: DictConfig) -> tuple[str, dict[str, str]]:
     """Run name (model plus the overrides that change the experiment) and tags for MLflow.
 
     Paths and logger settings are left out of the name (they stay in `hydra_overrides`), so
-    names read like "dachapally optimizer.lr=0.01" in the runs list.
+    names read like "dachapally optimizer.lr=0.01" in the runs list; in a multirun, what
+    differs between the children ("nouri", "lr=0.003 batch_size=64", fer_lab/tracking/
+    run_names.py).
     """
     hydra_cfg = HydraConfig.get()
     sweep = cfg.get("sweep") or {}
@@ -44,6 +57,11 @@ def run_identity(cfg: DictConfig) -> tuple[str, dict[str, str]]:
         words.append(f"trial {sweep.trial_number}")
     overrides = [mask_secrets(o) for o in hydra_cfg.overrides.task]
     words += [o for o in overrides if not _is_bookkeeping(o.split("=", 1)[0])]
+    # A grid's or sweep's child: named by what differs from its siblings (the parent run
+    # holds what they share).
+    if hydra_cfg.mode == RunMode.MULTIRUN:
+        space = (hydra_cfg.sweeper.get("params") or {}).keys()
+        words = [child_name(overrides, space) or " ".join(words)]
     tags = {
         "dataset": str(cfg.names.dataset),
         "model": str(cfg.names.model),

@@ -13,8 +13,9 @@ from typing import Any
 import pytorch_lightning as pl
 from torch import nn
 
+from fer_lab.tracking.run_identity import run_url
+
 log = logging.getLogger(__name__)
-LOCAL_UI = "http://127.0.0.1:5000"  # what `make ui` serves (Makefile)
 
 
 class NetworkSummary(pl.Callback):
@@ -55,12 +56,6 @@ def _layers(module: nn.Module, depth: int, prefix: str = "") -> list[tuple[str, 
 
 def _parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
-
-
-def run_url(tracking_uri: str, experiment_id: str, run_id: str) -> str:
-    """The MLflow UI page of a run: on the tracking server, or on `make ui` for a local store."""
-    base = tracking_uri.rstrip("/") if tracking_uri.startswith("http") else LOCAL_UI
-    return f"{base}/#/experiments/{experiment_id}/runs/{run_id}"
 
 
 def end_of_run(
