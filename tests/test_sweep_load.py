@@ -136,18 +136,29 @@ def workers_memory_mib(sweep: subprocess.Popen) -> list[float]:
     return sizes
 
 
-def a_helper_mid_trial(folder: Path, storage: str, sweep: subprocess.Popen) -> tuple[int, int]:
-    """A helper worker (not the command itself) training a trial: its pid and the trial's
-    number, from the run lock in the trial's folder."""
+def kill_a_helper_mid_trial(folder: Path, storage: str, sweep: subprocess.Popen) -> int:
+    """SIGKILL a helper worker (not the command itself) while it trains a trial, known from
+    the run lock in the trial's folder; the trial's number. The worker is frozen (SIGSTOP)
+    while that is checked, so that it cannot finish the trial in between."""
     while True:
         for trial in trials_of(storage):
             lock = folder / f"logs/sweeps/tiny/trial_{trial.number}/run.lock"
             if trial.state != TrialState.RUNNING or not lock.is_file():
                 continue
-            with contextlib.suppress(ValueError):
+            try:
                 pid = json.loads(lock.read_text())["pid"]
-                if pid != sweep.pid:
-                    return pid, trial.number
+            except ValueError:  # being written
+                continue
+            if pid == sweep.pid:
+                continue
+            os.kill(pid, signal.SIGSTOP)
+            if any(
+                t.number == trial.number and t.state == TrialState.RUNNING
+                for t in trials_of(storage)
+            ):
+                os.kill(pid, signal.SIGKILL)
+                return trial.number
+            os.kill(pid, signal.SIGCONT)
         time.sleep(0.2)
 
 
@@ -210,8 +221,7 @@ def test_eight_workers_hold_the_load_and_pause_for_outages(
         )
 
         wait_until(lambda: done() >= 52, sweep, log)
-        victim, trial = a_helper_mid_trial(tmp_path, postgres_url, sweep)
-        os.kill(victim, signal.SIGKILL)
+        trial = kill_a_helper_mid_trial(tmp_path, postgres_url, sweep)
         killed = time.monotonic()
         retried = wait_until(  # failed as lost, and its retry queued, under one lock
             lambda: any(
