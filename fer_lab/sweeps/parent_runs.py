@@ -21,7 +21,7 @@ from urllib.parse import urlparse
 
 import optuna
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from optuna.distributions import BaseDistribution
 from optuna.trial import TrialState
 
@@ -151,7 +151,7 @@ class SweepRun:
             run_id = existing[0].info.run_id
             client.update_run(run_id, status="RUNNING")
             return run_id
-        command_line = [mask_secrets(o) for o in config.hydra.overrides.task]
+        command_line = [mask_secrets(o) for o in _command_line(config)]
         shared = shared_overrides(command_line, swept_keys(command_line, space))
         run = client.create_run(
             experiment_id,
@@ -294,7 +294,7 @@ class GroupGridRuns(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         if config.hydra.sweeper._target_.endswith("OptunaSweeper"):
             return
-        publish_swept_keys(swept_keys(config.hydra.overrides.task))
+        publish_swept_keys(swept_keys(_command_line(config)))
         self.tracking_uri = str(config.logger.get("tracking_uri"))
         sweep_dir = Path(config.hydra.sweep.dir)
         try:
@@ -332,6 +332,11 @@ class GroupGridRuns(Callback):
 
         experiment_id = client.get_run(run_id).info.experiment_id
         log.info("\n%s", standings(entries, run_url(self.tracking_uri, experiment_id, run_id)))
+
+
+def _command_line(config: DictConfig) -> list[str]:
+    """The multirun's overrides as typed (unresolved: a value may hold an interpolation)."""
+    return [str(o) for o in OmegaConf.to_container(config.hydra.overrides.task, resolve=False)]
 
 
 def _stop_on_sigterm(signum: int, frame: FrameType | None) -> None:
