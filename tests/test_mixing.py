@@ -119,12 +119,12 @@ def test_mixed_loss_weighs_both_labels_by_lam() -> None:
 
 
 def test_configs_build_the_mixer_from_the_run_seed() -> None:
-    assert compose_config("dataset=synthetic", "+mixing=none").mixing is None
-    cfg = compose_config("dataset=synthetic", "+mixing=mixup", "seed=5")
+    assert compose_config("dataset=synthetic", "mixing=none").mixing is None
+    cfg = compose_config("dataset=synthetic", "mixing=mixup", "seed=5")
     mixup = instantiate(cfg.mixing)
     assert isinstance(mixup, BatchMix) and (mixup.mixup_alpha, mixup.cutmix_alpha) == (0.2, 0)
     assert mixup.seed == 5
-    cutmix = instantiate(compose_config("dataset=synthetic", "+mixing=cutmix").mixing)
+    cutmix = instantiate(compose_config("dataset=synthetic", "mixing=cutmix").mixing)
     assert (cutmix.mixup_alpha, cutmix.cutmix_alpha) == (0, 1.0)
 
 

@@ -55,6 +55,11 @@ logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(_NoAdvertis
 warnings.filterwarnings(
     "ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=Warning
 )
+# Lightning advises `srun` whenever SLURM is installed; fer_lab's SLURM runs go through srun or
+# submitit already (README "DDP", "Scale out"), and a local run on such a machine is not one.
+warnings.filterwarnings(
+    "ignore", message=r"The `srun` command is available on your system but is not used"
+)
 
 
 @dataclass
