@@ -1,5 +1,6 @@
 """Optuna sweeps through `-m hparams_search=optuna`: resume, pruning, failures, parallel trials."""
 
+import re
 from pathlib import Path
 
 import optuna
@@ -65,12 +66,17 @@ def test_search_space_syntax_of_hydra_optuna_sweeper() -> None:
 
 @pytest.mark.slow
 def test_sweep_records_trials_and_resumes_to_the_new_total(tmp_path: Path, mlflow_client) -> None:
-    run_train(tmp_path, *TINY, "hydra.sweeper.n_trials=4")
+    result = run_train(tmp_path, *TINY, "hydra.sweeper.n_trials=4")
     assert len(study(tmp_path).trials) == 4
     assert all(t.state == TrialState.COMPLETE for t in study(tmp_path).trials)
 
     parents, children = sweep_runs(mlflow_client())
     (parent,) = parents
+    # Children named by their sampled values; the sweep ends with its standings and page.
+    assert all(re.fullmatch(r"(\S+=\S+ ?)+", c.info.run_name) for c in children)
+    output = result.stdout + result.stderr
+    assert "Leaderboard (4 runs, ranked by val/acc_best):" in output
+    assert f"#/experiments/{parent.info.experiment_id}/runs/{parent.info.run_id}" in output
     assert sorted(int(c.data.tags["optuna.trial"]) for c in children) == [0, 1, 2, 3]
     assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parent.info.run_id}
     assert {c.data.tags["optuna.trial_state"] for c in children} == {"COMPLETE"}

@@ -91,6 +91,9 @@ def arguments(argv: list[str] | None = None) -> argparse.Namespace:
         help="untimed steps before the host-overhead section's timed ones (and steps counted)",
     )
     parser.add_argument(
+        "--host-repeats", type=int, default=3, help="alternating fer_lab/plain pairs per value"
+    )
+    parser.add_argument(
         "--host-steps-per-call",
         type=int,
         nargs="+",
@@ -230,7 +233,7 @@ def measure_host(args: argparse.Namespace, workdir: Path) -> list[dict[str, Any]
             steps=args.host_steps,
             warmup=args.host_warmup,
             counted=args.host_warmup,
-            repeats=max(args.repeats, 3),
+            repeats=args.host_repeats,
         )
         for per_call in args.host_steps_per_call
     ]

@@ -224,6 +224,7 @@ class SweepRun:
         self._deliver({"kind": "status", "status": "FAILED" if failed else "FINISHED"})
         if self.deliveries.drain(self.server_wait_s):
             shutil.rmtree(self.folder, ignore_errors=True)  # its files reached the server
+            self._print_standings()
         else:
             log.warning(
                 "The sweep's parent run %s did not get %d MLflow deliveries (%s): the server "
@@ -236,6 +237,15 @@ class SweepRun:
 
     def _deliver(self, item: dict[str, Any]) -> None:
         self.deliveries.deliver({"run_id": self.run_id, **item})
+
+    def _print_standings(self) -> None:
+        """The sweep's best trials and its parent run's page, as its last lines."""
+        from fer_lab.tracking.leaderboard import children_of, leaderboard, standings
+
+        entries = leaderboard(self.client, children_of(self.client, self.run_id))
+        experiment_id = self.client.get_run(self.run_id).info.experiment_id
+        url = run_url(self.client.tracking_uri, experiment_id, self.run_id)
+        log.info("\n%s", standings(entries, url))
 
     def _plots(self, study: optuna.Study, completed: int) -> list[Path]:
         """The study's plots, as files in this process's folder (they may wait for upload)."""
