@@ -30,21 +30,31 @@ class TimedProgressBar(TQDMProgressBar):
         return False
 
     def on_train_batch_end(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any
+        self, trainer: pl.Trainer, module: pl.LightningModule, outputs: Any, batch: Any, idx: int
     ) -> None:
-        if self._due(self.train_progress_bar, args[-1]):
-            super().on_train_batch_end(trainer, pl_module, *args)
+        if self._due(self.train_progress_bar, idx):
+            super().on_train_batch_end(trainer, module, outputs, batch, idx)
 
     def on_validation_batch_end(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any, **kwargs: Any
+        self,
+        trainer: pl.Trainer,
+        module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        idx: int,
+        dataloader_idx: int = 0,
     ) -> None:
-        batch_idx = args[2] if len(args) > 2 else kwargs["batch_idx"]
-        if self._due(self.val_progress_bar, batch_idx):
-            super().on_validation_batch_end(trainer, pl_module, *args, **kwargs)
+        if self._due(self.val_progress_bar, idx):
+            super().on_validation_batch_end(trainer, module, outputs, batch, idx, dataloader_idx)
 
     def on_test_batch_end(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any, **kwargs: Any
+        self,
+        trainer: pl.Trainer,
+        module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        idx: int,
+        dataloader_idx: int = 0,
     ) -> None:
-        batch_idx = args[2] if len(args) > 2 else kwargs["batch_idx"]
-        if self._due(self.test_progress_bar, batch_idx):
-            super().on_test_batch_end(trainer, pl_module, *args, **kwargs)
+        if self._due(self.test_progress_bar, idx):
+            super().on_test_batch_end(trainer, module, outputs, batch, idx, dataloader_idx)

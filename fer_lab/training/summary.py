@@ -87,7 +87,8 @@ def end_of_run(
             f"({mlflow['run_id']})"
         )
         lines.append(f"                 {_how_to_open(mlflow['tracking_uri'])}")
-        lines.append(f"                 {run_url(**_url_parts(mlflow))}")
+        url = run_url(mlflow["tracking_uri"], mlflow["experiment_id"], mlflow["run_id"])
+        lines.append(f"                 {url}")
     return "\n".join(lines)
 
 
@@ -101,11 +102,6 @@ def _how_to_open(tracking_uri: str) -> str:
         f"python -m fer_lab.tracking.ui_view --backend-store-uri {tracking_uri} --workers 1 "
         "--host 127.0.0.1 --port 5000, then open:"
     )
-
-
-def _url_parts(mlflow: dict[str, Any]) -> dict[str, str]:
-    keys = ("tracking_uri", "experiment_id", "run_id")
-    return {key: mlflow[key] for key in keys}
 
 
 def _score(metrics: dict[str, float], key: str, label: str | None = None) -> str:
