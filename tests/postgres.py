@@ -7,6 +7,7 @@ import socket
 import subprocess
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -29,6 +30,46 @@ def _port_open(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
+def _held_by_postgres(lock_file: Path) -> bool:
+    """Whether the lock file's first line names a live postgres process (a restored machine
+    may have given that PID to another program)."""
+    try:
+        pid = int(lock_file.read_text().split()[0])
+        return Path(f"/proc/{pid}/comm").read_text().strip() == "postgres"
+    except (OSError, ValueError, IndexError):
+        return False
+
+
+def _remove_stale_lock_files(version: str, name: str, port: int) -> None:
+    """Lock files a killed server left (a machine restored from a snapshot of a running
+    one): PostgreSQL refuses to start beside them, even when their process is gone."""
+    data_lock = Path(f"/var/lib/postgresql/{version}/{name}/postmaster.pid")
+    socket_lock = Path(f"/var/run/postgresql/.s.PGSQL.{port}.lock")
+    for lock_file in (data_lock, socket_lock):
+        if lock_file.exists() and not _held_by_postgres(lock_file):
+            lock_file.unlink()
+
+
+def _start(version: str, name: str, port: int) -> None:
+    """Started, tolerating a server that another start brought up meanwhile and lock files
+    whose process was still exiting on the first try."""
+    for _ in range(3):
+        _remove_stale_lock_files(version, name, port)
+        started = subprocess.run(
+            ["pg_ctlcluster", "--skip-systemctl-redirect", version, name, "start"],
+            capture_output=True,
+            text=True,
+        )
+        for _ in range(30):
+            if _port_open(port):
+                return
+            time.sleep(0.5)
+    raise RuntimeError(
+        f"PostgreSQL {version}/{name} did not start on port {port}:\n"
+        f"{started.stdout}{started.stderr}"
+    )
+
+
 def start_cluster() -> int:
     """The first cluster's port, started (as root) if needed; skips without PostgreSQL."""
     if shutil.which("pg_lsclusters") is None:
@@ -37,13 +78,7 @@ def start_cluster() -> int:
         ["pg_lsclusters", "-h"], capture_output=True, text=True, check=True
     ).stdout.split()[:3]
     if not _port_open(int(port)):
-        subprocess.run(
-            ["pg_ctlcluster", "--skip-systemctl-redirect", version, name, "start"], check=True
-        )
-        for _ in range(60):
-            if _port_open(int(port)):
-                break
-            time.sleep(0.5)
+        _start(version, name, int(port))
     if _as_postgres(f"SELECT 1 FROM pg_roles WHERE rolname='{ROLE}'") != "1":
         _as_postgres(f"CREATE ROLE {ROLE} LOGIN PASSWORD '{PASSWORD}' CREATEDB")
     return int(port)
