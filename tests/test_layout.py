@@ -3,6 +3,7 @@
 and no import cycles."""
 
 import ast
+import re
 from pathlib import Path
 
 from .helpers import REPO_ROOT
@@ -87,3 +88,26 @@ def test_no_import_cycles() -> None:
 
     for module in graph:
         visit(module, [])
+
+
+def github_anchor(heading: str) -> str:
+    """GitHub's id for a Markdown heading: lower case, punctuation dropped, spaces to dashes."""
+    kept = "".join(c for c in heading.strip().lower() if c.isalnum() or c in " -_")
+    return kept.replace(" ", "-")
+
+
+def test_readme_fits_a_newcomer_and_its_links_resolve() -> None:
+    """README is a guide of at most 350 lines; what moved to experiments/ is reachable: every
+    relative link names a file that exists and, with #, one of its headings."""
+    readme = REPO_ROOT / "README.md"
+    text = readme.read_text()
+    assert len(text.splitlines()) <= 350
+    links = re.findall(r"\]\(([^)#\s]+)(?:#([^)\s]+))?\)", text)
+    relative = [(target, anchor) for target, anchor in links if "://" not in target]
+    assert relative
+    for target, anchor in relative:
+        path = REPO_ROOT / target
+        assert path.exists(), f"README links to {target}, which does not exist"
+        if anchor:
+            headings = re.findall(r"^#+ (.+)$", path.read_text(), flags=re.MULTILINE)
+            assert anchor in {github_anchor(h) for h in headings}, f"{target}#{anchor}"

@@ -508,3 +508,56 @@ def test_a_sweeps_parent_run_deliveries_wait_out_an_outage(
     assert [a.path for a in client.list_artifacts(parent, "leaderboard")]
     queue.deliver({"run_id": parent, "kind": "leaderboard", "written_after": float(written) - 1})
     assert client.get_run(parent).data.tags[LEADERBOARD_AT_TAG] == written  # not rewritten
+
+
+def test_a_dead_sweep_process_deliveries_are_taken_over_by_the_next(
+    store_uri: str, tmp_path: Path
+) -> None:
+    """A SIGKILLed worker's undelivered parent-run items (in its own folder) go first from the
+    next process on that host; a live process's folder is left alone, and the dead one's status
+    is not replayed over the running sweep's."""
+    from fer_lab.sweeps.parent_runs import SweepRun
+    from fer_lab.tracking.deliveries import ParentRunDeliveries
+
+    client = MlflowClient(store_uri)
+    experiment = client.create_experiment(tmp_path.name, str(tmp_path / "artifacts"))
+    parent = client.create_run(experiment, tags={"fer_lab.sweep": "s"}).info.run_id
+    child_tags = {"mlflow.parentRunId": parent, "optuna.trial": "2"}
+    child = client.create_run(experiment, tags=child_tags).info.run_id
+    folders = tmp_path / "mlflow_parent"
+    exited = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    dead = folders / f"{socket.gethostname()}-{int(exited.stdout)}"
+    live = folders / f"{socket.gethostname()}-{os.getppid()}"
+    reason = ["fer_lab.failure_reason", "its worker died; retried as trial 5"]
+    left = [
+        {
+            "run_id": parent,
+            "kind": "trial",
+            "trial": 2,
+            "status": "KILLED",
+            "tags": [["optuna.trial_state", "FAIL"], reason],
+        },
+        {"run_id": parent, "kind": "status", "status": "FINISHED"},
+    ]
+    for folder in (dead, live):
+        folder.mkdir(parents=True)
+        (folder / "mlflow_undelivered.jsonl").write_text(
+            "".join(json.dumps(i) + "\n" for i in left)
+        )
+    own = folders / f"{socket.gethostname()}-{os.getpid()}"
+    queue = ParentRunDeliveries(client, own / "mlflow_undelivered.jsonl", 0.0, resume=False)
+    sweep_run = SweepRun(client, parent, queue, own)
+
+    sweep_run.adopt_dead_workers()
+
+    assert sweep_run.adopted == [dead] and not queue.pending
+    assert not (dead / "mlflow_undelivered.jsonl").exists()
+    assert (live / "mlflow_undelivered.jsonl").is_file()  # its process may still send it
+    run = client.get_run(child)
+    assert run.info.status == "KILLED" and run.data.tags[reason[0]] == reason[1]
+    assert client.get_run(parent).info.status == "RUNNING"

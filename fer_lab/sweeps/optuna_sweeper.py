@@ -211,6 +211,7 @@ class OptunaStudySweeper(Sweeper):
             sweep_run = SweepRun.start(
                 self.config, self.study_name, space, self.describe(), server_wait_s=wait_s
             )
+            sweep_run.adopt_dead_workers()
         helpers = [start_worker() for _ in range(self.workers - 1)]
         try:
             self._run_trials(study, storage, space, fixed, sweep_run)
@@ -218,6 +219,8 @@ class OptunaStudySweeper(Sweeper):
             for helper in helpers:
                 if helper.wait() != 0:
                     log.error("A worker process of this sweep exited with %d", helper.returncode)
+        with study_lock(self.storage, self.study_name):
+            sweep_run.adopt_dead_workers()
         best_yaml = self._write_best(study)
         sweep_run.finish(study, best_yaml=best_yaml)
         return study

@@ -33,6 +33,7 @@ from fer_lab.tracking.mlflow_store import (
     prepare_tracking_store,
     wait_for_server,
 )
+from fer_lab.tracking.replay import UNDELIVERED_FILE
 from fer_lab.tracking.run_identity import (
     FAILURE_REASON_TAG,
     PARENT_RUN_ENV,
@@ -86,6 +87,7 @@ class SweepRun:
         self.deliveries = deliveries
         self.folder = folder
         self.server_wait_s = server_wait_s
+        self.adopted: list[Path] = []  # dead processes' folders whose items this one took
 
     @classmethod
     def start(
@@ -118,11 +120,35 @@ class SweepRun:
         )
         deliveries = ParentRunDeliveries(
             client,
-            folder / "mlflow_undelivered.jsonl",
+            folder / UNDELIVERED_FILE,
             config.logger.get("retry_interval_s", 30),
             resume=False,
         )
         return cls(client, run_id, deliveries, folder, server_wait_s)
+
+    def adopt_dead_workers(self) -> None:
+        """Take over what this host's other processes of the sweep left undelivered when
+        they died (SIGKILL, an OOM kill): their items go first, so nothing they buffered is
+        lost; their folders go once this process's deliveries have drained. Their parent-run
+        status and leaderboard are left out: this process ends the run with its own. Call
+        under the study's lock, so that one process takes each folder: at the start, and
+        before finishing, for workers that died meanwhile."""
+        if self.folder is None:
+            return
+        host = socket.gethostname()
+        for other in sorted(self.folder.parent.glob(f"{host}-*")):
+            pid = other.name[len(host) + 1 :]  # digits only: not another host's, named host-x
+            left = other / UNDELIVERED_FILE
+            if not left.is_file() or not pid.isdigit() or _process_alive(int(pid)):
+                continue
+            taken = self.deliveries.adopt(left, leave_out=frozenset({"status", "leaderboard"}))
+            if taken:
+                log.info(
+                    "%d MLflow deliveries a dead sweep process left in %s go first", taken, other
+                )
+            self.adopted.append(other)
+        if self.deliveries.pending:
+            self.deliveries.flush(force=True)
 
     @staticmethod
     def _parent_run(
@@ -223,7 +249,8 @@ class SweepRun:
         self._deliver({"kind": "leaderboard", "written_after": finishing})
         self._deliver({"kind": "status", "status": "FAILED" if failed else "FINISHED"})
         if self.deliveries.drain(self.server_wait_s):
-            shutil.rmtree(self.folder, ignore_errors=True)  # its files reached the server
+            for folder in (self.folder, *self.adopted):  # their files reached the server
+                shutil.rmtree(folder, ignore_errors=True)
             self._print_standings()
         else:
             log.warning(
@@ -347,6 +374,16 @@ class GroupGridRuns(Callback):
 def _command_line(config: DictConfig) -> list[str]:
     """The multirun's overrides as typed (unresolved: a value may hold an interpolation)."""
     return [str(o) for o in OmegaConf.to_container(config.hydra.overrides.task, resolve=False)]
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        pass
+    return True
 
 
 def _stop_on_sigterm(signum: int, frame: FrameType | None) -> None:

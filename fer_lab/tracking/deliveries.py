@@ -51,19 +51,20 @@ class DeliveryQueue:
 
     def _load(self) -> list[dict[str, Any]]:
         """What an earlier process could not deliver."""
-        if not self.path.is_file():
-            return []
-        items = []
-        for number, line in enumerate(self.path.read_text().splitlines(), 1):
-            try:
-                items.append(json.loads(line))
-            except json.JSONDecodeError as error:
-                raise TrackingError(
-                    f"{self.path}, line {number}: not a JSON item ({error}); mend or remove "
-                    "that line, then run the command again"
-                ) from None
-        log.info("%d undelivered MLflow items in %s go first", len(items), self.path)
+        items = read_items(self.path)
+        if items:
+            log.info("%d undelivered MLflow items in %s go first", len(items), self.path)
         return items
+
+    def adopt(self, path: Path, leave_out: frozenset[str] = frozenset()) -> int:
+        """Put what a dead process left in its queue's file `path` ahead of this queue's items,
+        then remove that file (after this queue's file holds them); how many were taken. Items
+        of the kinds in `leave_out` are not taken."""
+        items = [item for item in read_items(path) if item["kind"] not in leave_out]
+        self.pending[:0] = items
+        self._save()
+        path.unlink(missing_ok=True)
+        return len(items)
 
     def deliver(self, item: dict[str, Any], force: bool = False) -> None:
         """Send `item` after everything still waiting, or keep it while the store is down."""
@@ -146,6 +147,22 @@ class DeliveryQueue:
                 tags=[RunTag(*row) for row in item.get("tags", [])],
                 **self.log_batch_kwargs,
             )
+
+
+def read_items(path: Path) -> list[dict[str, Any]]:
+    """A queue file's items, in order; none when there is no file."""
+    if not path.is_file():
+        return []
+    items = []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        try:
+            items.append(json.loads(line))
+        except json.JSONDecodeError as error:
+            raise TrackingError(
+                f"{path}, line {number}: not a JSON item ({error}); mend or remove that line, "
+                "then run the command again"
+            ) from None
+    return items
 
 
 class ParentRunDeliveries(DeliveryQueue):
