@@ -3,7 +3,6 @@ started if it is not running, with a password role for TCP on 127.0.0.1 and a fr
 per test."""
 
 import shutil
-import socket
 import subprocess
 import time
 import uuid
@@ -24,10 +23,11 @@ def _as_postgres(sql: str) -> str:
     return done.stdout.strip()
 
 
-def _port_open(port: int) -> bool:
-    with socket.socket() as sock:
-        sock.settimeout(0.5)
-        return sock.connect_ex(("127.0.0.1", port)) == 0
+def _accepting(port: int) -> bool:
+    """Whether the server takes connections: after a crash it listens before it has recovered
+    ("the database system is starting up")."""
+    ready = subprocess.run(["pg_isready", "-q", "-h", "127.0.0.1", "-p", str(port)])
+    return ready.returncode == 0
 
 
 def _held_by_postgres(lock_file: Path) -> bool:
@@ -60,8 +60,8 @@ def _start(version: str, name: str, port: int) -> None:
             capture_output=True,
             text=True,
         )
-        for _ in range(30):
-            if _port_open(port):
+        for _ in range(60):
+            if _accepting(port):
                 return
             time.sleep(0.5)
     raise RuntimeError(
@@ -77,7 +77,7 @@ def start_cluster() -> int:
     version, name, port = subprocess.run(
         ["pg_lsclusters", "-h"], capture_output=True, text=True, check=True
     ).stdout.split()[:3]
-    if not _port_open(int(port)):
+    if not _accepting(int(port)):
         _start(version, name, int(port))
     if _as_postgres(f"SELECT 1 FROM pg_roles WHERE rolname='{ROLE}'") != "1":
         _as_postgres(f"CREATE ROLE {ROLE} LOGIN PASSWORD '{PASSWORD}' CREATEDB")
