@@ -561,3 +561,33 @@ def test_a_dead_sweep_process_deliveries_are_taken_over_by_the_next(
     run = client.get_run(child)
     assert run.info.status == "KILLED" and run.data.tags[reason[0]] == reason[1]
     assert client.get_run(parent).info.status == "RUNNING"
+
+
+def test_a_run_creation_retried_after_a_lost_answer_makes_one_run(
+    store_uri: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The store creates the run but its answer is lost (a timeout): the retry finds that run by
+    the key it was created with instead of making a second one."""
+    from fer_lab.tracking.mlflow_logger import FERMLflowLogger
+
+    monkeypatch.setattr("fer_lab.tracking.mlflow_logger.DRAIN_POLL_S", 0.0)
+    create_run = MlflowClient.create_run
+    created = []
+
+    def answer_lost_once(client: MlflowClient, *args, **kwargs):
+        created.append(create_run(client, *args, **kwargs).info.run_id)
+        if len(created) == 1:
+            raise requests.ReadTimeout("read timed out")
+        return client.get_run(created[-1])
+
+    monkeypatch.setattr(MlflowClient, "create_run", answer_lost_once)
+    logger = FERMLflowLogger(
+        experiment_name=tmp_path.name,
+        tracking_uri=store_uri,
+        undelivered_path=tmp_path / "mlflow_undelivered.jsonl",
+        server_wait_s=30.0,
+    )
+    run_id = logger.run_id
+
+    runs = MlflowClient(store_uri).search_runs([logger.experiment_id])
+    assert created == [run_id] and [run.info.run_id for run in runs] == [run_id]

@@ -17,6 +17,7 @@ import logging
 import os
 import re
 import time
+import uuid
 from argparse import Namespace
 from collections.abc import Mapping
 from pathlib import Path
@@ -33,7 +34,7 @@ from pytorch_lightning.utilities.rank_zero import rank_zero_only
 from fer_lab.core.errors import TrackingError
 from fer_lab.tracking.deliveries import DRAIN_POLL_S, DeliveryQueue
 from fer_lab.tracking.mlflow_store import is_connectivity_error, prepare_tracking_store
-from fer_lab.tracking.run_identity import FAILURE_REASON_TAG
+from fer_lab.tracking.run_identity import CREATION_KEY_TAG, FAILURE_REASON_TAG
 from fer_lab.tracking.ui_view import add_key_metrics_view
 
 log = logging.getLogger(__name__)
@@ -67,6 +68,8 @@ class FERMLflowLogger(MLFlowLogger):
         if tracking_uri:
             prepare_tracking_store(tracking_uri, wait_s=server_wait_s)
         super().__init__(experiment_name, run_name, tracking_uri, **kwargs)
+        self.tags = {**(self.tags or {}), CREATION_KEY_TAG: uuid.uuid4().hex}
+        self._creation_tried = False
         self._deliveries = DeliveryQueue(
             self._mlflow_client,
             undelivered_path,
@@ -119,8 +122,12 @@ class FERMLflowLogger(MLFlowLogger):
 
     def _experiment_with_run(self) -> MlflowClient:
         try:
-            if not self._initialized and self._run_id is None and self._experiment_id is None:
-                self._experiment_id = self._experiment_id_for(self._experiment_name)
+            if not self._initialized and self._run_id is None:
+                if self._experiment_id is None:
+                    self._experiment_id = self._experiment_id_for(self._experiment_name)
+                elif self._creation_tried:  # the store may have made the run, its answer lost
+                    self._run_id = self._run_created_earlier()
+                self._creation_tried = self._run_id is None
             return super().experiment
         except MlflowException as error:
             if error.error_code != "PERMISSION_DENIED":
@@ -132,6 +139,13 @@ class FERMLflowLogger(MLFlowLogger):
                 "(README, Scale out), or log as another user (MLFLOW_TRACKING_USERNAME, "
                 "MLFLOW_TRACKING_PASSWORD)."
             ) from None
+
+    def _run_created_earlier(self) -> str | None:
+        key = self.tags[CREATION_KEY_TAG]
+        runs = self._mlflow_client.search_runs(
+            [self._experiment_id], filter_string=f"tags.`{CREATION_KEY_TAG}` = '{key}'"
+        )
+        return runs[0].info.run_id if runs else None
 
     def _experiment_id_for(self, name: str) -> str:
         client = self._mlflow_client

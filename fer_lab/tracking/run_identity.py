@@ -23,6 +23,9 @@ SWEEP_TAG = "fer_lab.sweep"
 FAILURE_REASON_TAG = "fer_lab.failure_reason"
 # On a sweep's parent run: when its leaderboard was last written (epoch seconds).
 LEADERBOARD_AT_TAG = "fer_lab.leaderboard_at"
+# A key the run is created with: a creation retried after a lost response finds the run
+# the first attempt made instead of making a second.
+CREATION_KEY_TAG = "fer_lab.creation_key"
 
 
 LOCAL_UI = "http://127.0.0.1:5000"  # what `make ui` serves (Makefile)
