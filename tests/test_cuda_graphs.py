@@ -43,17 +43,24 @@ def fitted(tmp_path: Path, *overrides: str) -> tuple[FERLitModule, pl.Trainer]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    ("pipeline", "schedule"),
-    [("on_device", "cosine"), ("per_sample", "onecycle"), ("on_device", "plateau")],
+    ("pipeline", "schedule", "callbacks"),
+    [
+        ("on_device", "cosine", "default"),
+        ("per_sample", "onecycle", "default"),
+        ("on_device", "plateau", "default"),
+        ("on_device", "cosine", "ema"),
+    ],
 )
 def test_several_steps_per_call_train_as_one_step_per_call(
-    tmp_path: Path, pipeline: str, schedule: str
+    tmp_path: Path, pipeline: str, schedule: str, callbacks: str
 ) -> None:
-    """Each schedule at its interval: per epoch, per optimizer step, after validation. (The
+    """Each schedule at its interval: per epoch, per optimizer step, after validation; the
+    weights' average updated after every optimizer step (the fitted module holds it). (The
     per-sample path runs unaugmented: its loader workers augment with streams of their own,
     so which worker draws an image's augmentation depends on the batch size.)"""
     augmentation = "strong" if pipeline == "on_device" else "none"
     setting = [f"data.pipeline={pipeline}", f"scheduler={schedule}", f"augmentation={augmentation}"]
+    setting.append(f"callbacks={callbacks}")
     if schedule == "plateau":
         setting += ["scheduler.scheduler.patience=0", "scheduler.scheduler.mode=min"]
     one, one_trainer = fitted(tmp_path / "one", *setting)

@@ -73,10 +73,14 @@ class EMAWeights(pl.Callback):
         self._last_step = trainer.global_step
         if self._restored is not None:
             self._put_back_training_weights()
+        if not pl_module.automatic_optimization:  # several steps a call: after each one
+            pl_module.after_optimizer_step.append(self.update)
 
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any
     ) -> None:
+        if not pl_module.automatic_optimization:
+            return
         if trainer.global_step == self._last_step:  # accumulating gradients: no step yet
             return
         self._last_step = trainer.global_step
@@ -100,6 +104,8 @@ class EMAWeights(pl.Callback):
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """The fitted module is the average from here on (a test without a checkpoint)."""
+        if self.update in getattr(pl_module, "after_optimizer_step", ()):
+            pl_module.after_optimizer_step.remove(self.update)
         if self._average:
             torch._foreach_copy_(self._weights, self._average)
 

@@ -74,6 +74,9 @@ class FERLitModule(pl.LightningModule):
         self.mixing = mixing
         self.automatic_optimization = steps_per_call == 1 and not cuda_graphs
         self.graphed_step: GraphedStep | None = None
+        # Under manual optimization, run after each optimizer step (Lightning's batch hooks
+        # run once per call): what must see every step's weights (callbacks=ema).
+        self.after_optimizer_step: list[Callable[[], None]] = []
         self._read_at_step = 0
         self.channels_last = channels_last
         if channels_last:
@@ -140,6 +143,8 @@ class FERLitModule(pl.LightningModule):
                         raw.zero_grad(set_to_none=True)
                         self.optimizer_step_graphable(x, y, raw)
             self._step_schedulers("step")
+            for hook in self.after_optimizer_step:
+                hook()
         return None
 
     @contextlib.contextmanager
