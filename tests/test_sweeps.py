@@ -95,6 +95,7 @@ def test_sweep_records_trials_and_resumes_to_the_new_total(tmp_path: Path, mlflo
     local = client.download_artifacts(parents[0].info.run_id, "leaderboard", str(tmp_path))
     table = pd.read_csv(Path(local) / "leaderboard.csv")
     assert len(table) == 6 and set(table["status"]) == {"COMPLETE"}
+    assert list(table["epochs"]) == [2] * 6
     assert list(table["val/acc_best"]) == sorted(table["val/acc_best"], reverse=True)
     assert table["test/acc"].isna().all()  # sweeps select on val only
 

@@ -55,6 +55,8 @@ def children_of(client: MlflowClient, parent_run_id: str) -> list[Run]:
 def entry_of(client: MlflowClient, run: Run) -> Entry:
     metrics, tags, info = run.data.metrics, run.data.tags, run.info
     curve = [m.value for m in client.get_metric_history(info.run_id, "val/acc")]
+    # One train/loss per epoch trained; validations may be fewer (check_val_every_n_epoch).
+    trained = len(client.get_metric_history(info.run_id, "train/loss"))
     end_ms = info.end_time or time.time() * 1000
     # A pruned trial's run is KILLED, the tag says PRUNED; a trial whose worker died is FAIL
     # in Optuna and KILLED in MLflow (then retried): shown KILLED.
@@ -69,7 +71,7 @@ def entry_of(client: MlflowClient, run: Run) -> Entry:
         val_acc_best=metrics.get(RANKED_BY, math.nan),
         test_acc=metrics.get("test/acc", math.nan),
         params=float(run.data.params.get("model/params_total", math.nan)),
-        epochs=len(curve),
+        epochs=trained or len(curve),
         wall_s=round((end_ms - info.start_time) / 1000, 1),
         val_curve=curve,
         note=tags.get(FAILURE_REASON_TAG, ""),
